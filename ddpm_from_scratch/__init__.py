@@ -1,0 +1,41 @@
+"""DDPM (Ho et al. 2020) from first principles, as a Hugging Face diffusers plugin.
+
+The public classes are imported lazily so that ``import ddpm_from_scratch`` stays cheap and
+the command-line tools start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ScratchDDPMScheduler": "scheduler",
+    "ScratchDDPMSchedulerOutput": "scheduler",
+    "ScratchUNet2DModel": "unet",
+    "ScratchDDPMPipeline": "pipeline",
+    "load_digits_dataset": "digits",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .digits import load_digits_dataset
+    from .pipeline import ScratchDDPMPipeline
+    from .scheduler import ScratchDDPMScheduler, ScratchDDPMSchedulerOutput
+    from .unet import ScratchUNet2DModel
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ddpm_from_scratch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,82 @@
+"""Noise schedules beta_1..beta_T, all built in float64.
+
+The scheduler casts at the point of use; keeping the tables in float64 matters because
+``alphas_cumprod`` is a product of up to 1,000 factors, and float32 would lose ~1e-5 of it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+
+
+def linear_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """Ho et al. (2020), sec. 4: beta_t linear from beta_start (1e-4) to beta_end (0.02)."""
+    return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+
+
+def scaled_linear_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """Latent diffusion's schedule: sqrt(beta_t) linear, i.e. beta_t quadratic in t."""
+    return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+
+
+def cosine_betas(num_train_timesteps: int, max_beta: float = 0.999, offset: float = 0.008) -> torch.Tensor:
+    """Nichol & Dhariwal (2021), eq. 17: abar(t) = cos^2((t/T + s)/(1 + s) * pi/2), s = 0.008.
+
+    beta_t = 1 - abar(t)/abar(t-1), capped at ``max_beta`` so the last steps stay finite.
+    """
+    t = torch.arange(num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps
+    alpha_bar = torch.cos((t + offset) / (1 + offset) * math.pi / 2) ** 2
+    return torch.clamp(1 - alpha_bar[1:] / alpha_bar[:-1], max=max_beta)
+
+
+def sigmoid_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """beta_t = beta_start + (beta_end - beta_start) * sigmoid(x_t), x_t linear in [-6, 6] (GeoDiff)."""
+    x = torch.linspace(-6, 6, num_train_timesteps, dtype=torch.float64)
+    return torch.sigmoid(x) * (beta_end - beta_start) + beta_start
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. (2024), Algorithm 1: shift and scale sqrt(abar_t) so that abar_T = 0 (zero terminal SNR)
+    while abar_1 is unchanged."""
+    sqrt_alphas_cumprod = torch.cumprod(1 - betas, dim=0).sqrt()
+    first, last = sqrt_alphas_cumprod[0].clone(), sqrt_alphas_cumprod[-1].clone()
+    sqrt_alphas_cumprod = (sqrt_alphas_cumprod - last) * first / (first - last)
+    alphas_cumprod = sqrt_alphas_cumprod**2
+    alphas = torch.cat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
+    return 1 - alphas
+
+
+def make_betas(
+    beta_schedule: str,
+    num_train_timesteps: int,
+    beta_start: float,
+    beta_end: float,
+    trained_betas: Sequence[float] | np.ndarray | None = None,
+    rescale_betas_zero_snr: bool = False,
+) -> torch.Tensor:
+    """The float64 betas for a diffusers-style scheduler config (``trained_betas`` wins if given)."""
+    if trained_betas is not None:
+        betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64))
+        if betas.ndim != 1 or len(betas) == 0:
+            raise ValueError(f"trained_betas must be a non-empty 1-d sequence, got shape {tuple(betas.shape)}")
+        if not bool(((betas > 0) & (betas <= 1)).all()):
+            raise ValueError("trained_betas must all lie in (0, 1]")
+    elif beta_schedule == "linear":
+        betas = linear_betas(num_train_timesteps, beta_start, beta_end)
+    elif beta_schedule == "scaled_linear":
+        betas = scaled_linear_betas(num_train_timesteps, beta_start, beta_end)
+    elif beta_schedule == "squaredcos_cap_v2":
+        betas = cosine_betas(num_train_timesteps)
+    elif beta_schedule == "sigmoid":
+        betas = sigmoid_betas(num_train_timesteps, beta_start, beta_end)
+    else:
+        raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES} (or pass trained_betas), got {beta_schedule!r}")
+    if rescale_betas_zero_snr:
+        betas = rescale_zero_terminal_snr(betas)
+    return betas

@@ -1,0 +1,355 @@
+"""ScratchDDPMScheduler: the DDPM forward process and ancestral sampler as a diffusers scheduler.
+
+A drop-in for diffusers' ``DDPMScheduler``: the same config keys and defaults (so ``from_config``
+works in both directions), the same public methods and the same random stream for a given
+generator. The math lives in :mod:`diffusion_math` (one method per formula of the derivation);
+this module adds the scheduler contract around it:
+
+* ``forward_chain``: float64 tables of the training chain t -> t-1 (``add_noise``, the posterior);
+* ``sampling_chain``: the same tables for the chain chosen by ``set_timesteps`` (t -> previous
+  timestep), which is what ``step`` walks. Both are built once and gathered by timestep.
+
+Where diffusers' DDPMScheduler is wrong this one is right (see the README's "Differences" table):
+``fixed_large_log`` gives NaN there (diffusers issue 14569) and a proper std here, and the last step of
+a chain that does not end at t = 0 (``steps_offset > 0``, custom timesteps) adds no noise here, since
+its posterior q(x_0 | x_t, x_0) is a point mass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
+
+from .beta_schedules import BETA_SCHEDULES, make_betas
+from .diffusion_math import DiffusionChain
+from .tensor_utils import append_dims, draw_noise, extract
+
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+
+
+@dataclass
+class ScratchDDPMSchedulerOutput(SchedulerOutput):
+    """``prev_sample`` is x_{t-1} (the next model input); ``pred_original_sample`` the model's x_0."""
+
+    pred_original_sample: torch.Tensor | None = None
+
+
+def _require_choice(name: str, value, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def spaced_timesteps(spacing: str, num_train_timesteps: int, num_inference_steps: int, steps_offset: int) -> np.ndarray:
+    """Descending sampling timesteps for ``num_inference_steps`` steps (Lin et al. 2024, Table 2).
+
+    linspace: evenly spaced over [0, T-1], rounded; leading: multiples of T // n, plus
+    ``steps_offset``; trailing: evenly spaced down from T - 1.
+    """
+    n, T = num_inference_steps, num_train_timesteps
+    if spacing == "linspace":
+        timesteps = np.linspace(0, T - 1, n).round()[::-1]
+    elif spacing == "leading":
+        timesteps = (np.arange(0, n) * (T // n)).round()[::-1] + steps_offset
+    elif spacing == "trailing":
+        timesteps = np.round(np.arange(T, 0, -T / n)) - 1
+    else:
+        raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
+    return timesteps.astype(np.int64).copy()
+
+
+def dynamic_threshold(x_start: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Dynamic thresholding (Saharia et al. 2022, sec. 2.3): s = the ``ratio`` quantile of |x_0| per
+    sample, clamped to [1, max_value]; x_0 is clipped to [-s, s] and divided by s."""
+    dtype = x_start.dtype
+    flat = x_start.reshape(x_start.shape[0], -1)
+    if dtype not in (torch.float32, torch.float64):
+        flat = flat.float()  # quantile is not implemented for half precision
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value)
+    s = append_dims(s, flat.ndim)
+    return (flat.clamp(-s, s) / s).reshape(x_start.shape).to(dtype)
+
+
+class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
+    """Denoising diffusion probabilistic models (Ho et al. 2020), written from the derivation.
+
+    Config keys and defaults are those of diffusers' ``DDPMScheduler``. ``variance_type`` picks the
+    reverse-process variance: ``fixed_small`` (posterior variance beta~_t, E3), ``fixed_large``
+    (beta_t), their ``_log`` aliases (same distribution), ``learned`` (the model outputs the variance
+    itself, diffusers' convention) and ``learned_range`` (the model outputs v in [-1, 1] and
+    log sigma^2 = (v+1)/2 log beta_t + (1-v)/2 log beta~_t, Nichol & Dhariwal 2021 eq. 15).
+    """
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        if trained_betas is None and (not isinstance(num_train_timesteps, int) or num_train_timesteps < 1):
+            raise ValueError(f"num_train_timesteps must be a positive int, got {num_train_timesteps!r}")
+        if trained_betas is None:
+            _require_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+        _require_choice("variance_type", variance_type, VARIANCE_TYPES)
+        _require_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        _require_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
+        if not 0.0 < dynamic_thresholding_ratio <= 1.0:
+            raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {dynamic_thresholding_ratio}")
+
+        betas = make_betas(
+            beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, rescale_betas_zero_snr
+        )
+        if trained_betas is not None and len(betas) != num_train_timesteps:
+            # diffusers' convention: trained_betas define T. Keep the config consistent with them.
+            self.register_to_config(num_train_timesteps=len(betas))
+        alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+        self.forward_chain = DiffusionChain.training_chain(alphas_cumprod)
+        self.sampling_chain = self.forward_chain
+        self._chains_on_device: dict[tuple[int, str], DiffusionChain] = {}
+
+        # float32 views under diffusers' attribute names, for code that reads them directly
+        self.betas = betas.float()
+        self.alphas = (1 - betas).float()
+        self.alphas_cumprod = alphas_cumprod.float()
+        self.init_noise_sigma = 1.0
+        self.variance_type = variance_type
+        self.num_inference_steps: int | None = None
+        self.custom_timesteps = False
+        self.timesteps = torch.arange(len(betas) - 1, -1, -1)
+
+    # ---- the diffusers scheduler contract -------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        """DDPM feeds x_t to the model unscaled; kept for interchangeability with other schedulers."""
+        return sample
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: Sequence[int] | None = None,
+    ) -> None:
+        """Choose the sampling chain: ``num_inference_steps`` spaced by ``timestep_spacing``, or custom
+        descending ``timesteps``. Each step t -> s then uses the merged step's posterior (abar_t / abar_s)."""
+        T = self.config.num_train_timesteps
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("pass exactly one of num_inference_steps or timesteps")
+        if timesteps is not None:
+            chain = np.asarray(timesteps, dtype=np.int64)
+            if chain.ndim != 1 or len(chain) == 0:
+                raise ValueError(f"timesteps must be a non-empty 1-d sequence of ints, got {timesteps!r}")
+            if np.any(np.diff(chain) >= 0):
+                raise ValueError(f"timesteps must be strictly descending, got {chain.tolist()}")
+            self.custom_timesteps = True
+        else:
+            if not isinstance(num_inference_steps, (int, np.integer)) or not 1 <= num_inference_steps <= T:
+                raise ValueError(
+                    f"num_inference_steps must be an int in [1, num_train_timesteps={T}], got {num_inference_steps!r}"
+                )
+            chain = spaced_timesteps(self.config.timestep_spacing, T, int(num_inference_steps), self.config.steps_offset)
+            self.custom_timesteps = False
+        if chain.min() < 0 or chain.max() >= T:
+            raise ValueError(
+                f"timesteps must lie in [0, num_train_timesteps - 1 = {T - 1}], got {chain.tolist()}"
+                + (f" (steps_offset={self.config.steps_offset})" if timesteps is None else "")
+            )
+        self.num_inference_steps = len(chain)
+        self.timesteps = torch.from_numpy(chain).to(device)
+
+        prev_timesteps = torch.arange(T) - 1  # timesteps outside the chain keep the training step
+        chain_t = torch.from_numpy(chain)
+        prev_timesteps[chain_t] = torch.cat([chain_t[1:], chain_t.new_tensor([-1])])
+        self.sampling_chain = DiffusionChain.build(self.forward_chain.alphas_cumprod, prev_timesteps)
+        self._chains_on_device.clear()
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """The timestep the sampling chain steps to from ``timestep`` (-1 after the last step)."""
+        prev = self.sampling_chain.prev_timesteps[torch.as_tensor(timestep).cpu().long()]
+        return int(prev) if isinstance(timestep, (int, np.integer)) else prev
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> ScratchDDPMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """One ancestral sampling step x_t -> x_s, s = ``previous_timestep(t)``.
+
+        1. Split off the variance prediction when the model outputs 2x the sample's channels.
+        2. x_0 from the model output: E4 corrected (epsilon), the output itself (sample), or from v.
+        3. Clip x_0 to [-clip_sample_range, clip_sample_range], or threshold it dynamically.
+        4. Mean of p(x_s | x_t) = posterior mean mu~(x_t, x_0), eq. P2.
+        5. Add sigma_t z, sigma_t^2 chosen by ``variance_type``; no noise on the chain's final step.
+        """
+        chain = self._chain_on(sample.device, self.sampling_chain)
+        t = timestep
+
+        # 1.
+        model_output, predicted_variance = self._split_model_output(model_output, sample)
+        # 2.
+        pred_original_sample = self._predict_xstart(chain, model_output, sample, t)
+        # 3.
+        if self.config.thresholding:
+            pred_original_sample = dynamic_threshold(
+                pred_original_sample, self.config.dynamic_thresholding_ratio, self.config.sample_max_value
+            )
+        elif self.config.clip_sample:
+            r = self.config.clip_sample_range
+            pred_original_sample = pred_original_sample.clamp(-r, r)
+        # 4.
+        prev_sample = chain.q_posterior_mean(pred_original_sample, sample, t)
+        # 5. diffusers draws noise exactly when t > 0; doing the same keeps the random streams equal.
+        if self._draws_noise(t):
+            noise = draw_noise(model_output.shape, generator, model_output.device, model_output.dtype)
+            log_variance = self.model_log_variance(t, sample, predicted_variance, chain=chain)
+            not_final = extract((chain.prev_timesteps >= 0).to(sample.dtype), t, sample)
+            prev_sample = prev_sample + not_final * torch.exp(0.5 * log_variance) * noise
+
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return ScratchDDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """Forward process in closed form, eq. F2: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
+        self._check_same_shape(original_samples=original_samples, noise=noise)
+        chain = self._chain_on(original_samples.device, self.forward_chain)
+        return chain.q_sample(original_samples, noise, self._checked_timesteps(timesteps))
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The v-prediction target v = sqrt(abar_t) noise - sqrt(1 - abar_t) x_0 (``sample`` is x_0)."""
+        self._check_same_shape(sample=sample, noise=noise)
+        chain = self._chain_on(sample.device, self.forward_chain)
+        return chain.velocity(sample, noise, self._checked_timesteps(timesteps))
+
+    # ---- the math, public for training and likelihood code --------------------------------
+
+    def q_posterior_mean_variance(
+        self, x_start: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor | int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Posterior q(x_{t-1} | x_t, x_0) of the training chain: (mean P2, variance E3, clipped log-variance)."""
+        self._check_same_shape(x_start=x_start, x_t=x_t)
+        chain = self._chain_on(x_t.device, self.forward_chain)
+        return chain.q_posterior_mean_variance(x_start, x_t, self._checked_timesteps(timesteps))
+
+    def predict_original_sample(
+        self, model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor | int
+    ) -> torch.Tensor:
+        """x_0 from a model output of the configured ``prediction_type`` (E4 corrected for epsilon)."""
+        chain = self._chain_on(sample.device, self.forward_chain)
+        return self._predict_xstart(chain, model_output, sample, self._checked_timesteps(timesteps))
+
+    def training_target(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the model regresses onto under L_simple: the noise, x_0 (``sample``) or v."""
+        if self.config.prediction_type == "epsilon":
+            return noise
+        if self.config.prediction_type == "sample":
+            return sample
+        return self.get_velocity(sample, noise, timesteps)
+
+    def model_log_variance(
+        self,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        predicted_variance: torch.Tensor | None = None,
+        chain: DiffusionChain | None = None,
+    ) -> torch.Tensor:
+        """log sigma_t^2 of p(x_s | x_t) for the configured ``variance_type`` (always a log-variance).
+
+        ``chain`` defaults to the training chain (s = t - 1); ``step`` passes the sampling chain.
+        """
+        chain = chain if chain is not None else self._chain_on(sample.device, self.forward_chain)
+        variance_type = self.config.variance_type
+        if variance_type in ("learned", "learned_range") and predicted_variance is None:
+            raise ValueError(
+                f"variance_type={variance_type!r} needs a model that outputs 2x the sample's channels"
+            )
+        if variance_type in ("fixed_small", "fixed_small_log"):
+            return extract(chain.posterior_log_variance_clipped, timestep, sample)
+        if variance_type in ("fixed_large", "fixed_large_log"):
+            return extract(chain.log_betas, timestep, sample)
+        if variance_type == "learned":
+            return torch.log(predicted_variance)
+        frac = (predicted_variance + 1) / 2  # learned_range
+        min_log = extract(chain.posterior_log_variance_clipped, timestep, sample)
+        max_log = extract(chain.log_betas, timestep, sample)
+        return frac * max_log + (1 - frac) * min_log
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _predict_xstart(self, chain: DiffusionChain, model_output: torch.Tensor, sample: torch.Tensor, t):
+        if self.config.prediction_type == "epsilon":
+            return chain.predict_xstart_from_eps(sample, model_output, t)
+        if self.config.prediction_type == "sample":
+            return model_output
+        return chain.predict_xstart_from_v(sample, model_output, t)
+
+    def _split_model_output(self, model_output: torch.Tensor, sample: torch.Tensor):
+        channels = sample.shape[1]
+        if model_output.shape[1] == 2 * channels and model_output.shape[1] != channels:
+            mean_part, variance_part = torch.split(model_output, channels, dim=1)
+            learned = self.config.variance_type in ("learned", "learned_range")
+            return mean_part, (variance_part if learned else None)
+        if model_output.shape[1] != channels:
+            raise ValueError(
+                f"model_output has {model_output.shape[1]} channels; expected {channels} (the sample's) "
+                f"or {2 * channels} (with a variance prediction)"
+            )
+        return model_output, None
+
+    @staticmethod
+    def _draws_noise(t: int | torch.Tensor) -> bool:
+        # A timestep on an accelerator is not read back (that would sync every step): noise is drawn
+        # and the final-step mask zeroes it, which changes nothing but the generator's later state.
+        if isinstance(t, torch.Tensor) and t.device.type != "cpu":
+            return True
+        return bool(torch.as_tensor(t) > 0)
+
+    def _chain_on(self, device: torch.device, chain: DiffusionChain) -> DiffusionChain:
+        key = (id(chain), str(device))
+        if key not in self._chains_on_device:
+            self._chains_on_device[key] = chain.to(device)
+        return self._chains_on_device[key]
+
+    def _checked_timesteps(self, timesteps: torch.Tensor | int) -> torch.Tensor | int:
+        # Range checks only where they are free: reading a CUDA tensor back would sync.
+        t = torch.as_tensor(timesteps)
+        if t.device.type == "cpu" and t.numel() and (t.min() < 0 or t.max() >= self.config.num_train_timesteps):
+            raise ValueError(
+                f"timesteps must lie in [0, {self.config.num_train_timesteps - 1}], got min {int(t.min())}, max {int(t.max())}"
+            )
+        return timesteps
+
+    @staticmethod
+    def _check_same_shape(**tensors: torch.Tensor) -> None:
+        shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"shapes must match, got {shapes}")

@@ -1,0 +1,312 @@
+"""Sample-quality evaluator: the formulas against closed forms, the classifier, and the figures on real data.
+
+The classifier is trained once per module into a temporary cache (about 5-10 s on one core).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddpm_from_scratch import digits_classifier as dc
+from ddpm_from_scratch.digits_classifier import (
+    DigitsClassifierConfig,
+    as_uint8_images,
+    load_digits_classifier,
+    train_digits_classifier,
+)
+from ddpm_from_scratch.sample_quality import (
+    SampleQualityEvaluator,
+    class_coverage,
+    classifier_score,
+    evaluate_samples,
+    frechet_distance,
+    gaussian_statistics,
+    histogram_entropy_bits,
+    label_histogram,
+    near_copy_threshold,
+    nearest_neighbour_distances,
+    reference_report,
+)
+
+
+def random_spd(rng: np.random.Generator, d: int, rank: int | None = None) -> np.ndarray:
+    a = rng.normal(size=(d, rank or d))
+    return a @ a.T + (0.0 if rank else 0.1) * np.eye(d)
+
+
+# ----------------------------------------------------------------------------- Frechet distance
+
+
+def test_frechet_distance_matches_closed_form_for_diagonal_covariances():
+    # Commuting covariances: d^2 = |mu1 - mu2|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    a, b = rng.uniform(0.1, 4.0, size=6), rng.uniform(0.1, 4.0, size=6)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_distance_matches_closed_form_for_non_commuting_covariances():
+    # cov1 = I: tr((I B)^(1/2)) = sum sqrt(eig(B)), so d^2 = |dmu|^2 + sum (1 - sqrt(lambda_i))^2;
+    # cov1 = c^2 B: d^2 = (1 - c)^2 tr(B) for any B.
+    rng = np.random.default_rng(1)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    cov = random_spd(rng, 5)
+    eigenvalues = np.linalg.eigvalsh(cov)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((1 - np.sqrt(eigenvalues)) ** 2)
+    assert frechet_distance(mu1, np.eye(5), mu2, cov) == pytest.approx(expected, rel=1e-10)
+    assert frechet_distance(mu1, 9.0 * cov, mu1, cov) == pytest.approx(4.0 * np.trace(cov), rel=1e-10)
+
+
+def test_frechet_distance_agrees_with_scipy_sqrtm_and_is_symmetric():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        mu1, mu2 = rng.normal(size=8), rng.normal(size=8)
+        cov1, cov2 = random_spd(rng, 8), random_spd(rng, 8)
+        covmean = scipy_linalg.sqrtm(cov1 @ cov2).real
+        expected = np.sum((mu1 - mu2) ** 2) + np.trace(cov1 + cov2 - 2 * covmean)
+        assert frechet_distance(mu1, cov1, mu2, cov2) == pytest.approx(expected, rel=1e-8)
+        swapped = frechet_distance(mu2, cov2, mu1, cov1)
+        assert frechet_distance(mu1, cov1, mu2, cov2) == pytest.approx(swapped, rel=1e-10)
+
+
+def test_frechet_distance_handles_singular_covariances():
+    # Dead ReLU features give exactly rank-deficient covariances.
+    rng = np.random.default_rng(3)
+    cov = random_spd(rng, 10, rank=3)
+    mu = rng.normal(size=10)
+    assert abs(frechet_distance(mu, cov, mu, cov)) < 1e-9
+    a, b = np.array([2.0, 0.0, 0.0]), np.array([0.5, 0.0, 3.0])
+    assert frechet_distance(np.zeros(3), np.diag(a), np.zeros(3), np.diag(b)) == pytest.approx(
+        np.sum((np.sqrt(a) - np.sqrt(b)) ** 2), rel=1e-12
+    )
+
+
+def test_frechet_distance_of_sampled_gaussians_converges_to_closed_form():
+    rng = np.random.default_rng(4)
+    mu1, mu2 = np.zeros(4), np.array([1.0, 0.0, -0.5, 0.0])
+    cov1, cov2 = random_spd(rng, 4), random_spd(rng, 4)
+    exact = frechet_distance(mu1, cov1, mu2, cov2)
+    x1 = rng.multivariate_normal(mu1, cov1, size=40_000)
+    x2 = rng.multivariate_normal(mu2, cov2, size=40_000)
+    estimate = frechet_distance(*gaussian_statistics(x1), *gaussian_statistics(x2))
+    assert estimate == pytest.approx(exact, rel=0.05)
+
+
+def test_frechet_distance_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same D"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="N >= 2"):
+        gaussian_statistics(np.zeros((1, 3)))
+
+
+# ----------------------------------------------------------------------------- score and coverage
+
+
+def test_classifier_score_extremes():
+    one_hot_all_classes = np.eye(10)[np.arange(100) % 10]
+    assert classifier_score(one_hot_all_classes) == pytest.approx(10.0)
+    assert classifier_score(np.eye(10)[np.zeros(50, dtype=int)]) == pytest.approx(1.0)
+    assert classifier_score(np.full((20, 10), 0.1)) == pytest.approx(1.0)
+    two_classes = np.eye(10)[np.arange(40) % 2]
+    assert classifier_score(two_classes) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="rows summing to 1"):
+        classifier_score(np.full((3, 10), 0.5))
+
+
+def test_coverage_and_entropy_of_one_class_and_all_classes():
+    one_class = np.eye(10)[np.full(30, 7)]
+    assert class_coverage(one_class) == pytest.approx(0.1)
+    assert histogram_entropy_bits(label_histogram(one_class)) == 0.0
+    all_classes = np.eye(10)[np.arange(30) % 10]
+    assert class_coverage(all_classes) == 1.0
+    assert histogram_entropy_bits(label_histogram(all_classes)) == pytest.approx(np.log2(10))
+    unsure = np.full((30, 10), 0.1)
+    assert class_coverage(unsure, confidence=0.5) == 0.0
+    with pytest.raises(ValueError, match="confidence"):
+        class_coverage(all_classes, confidence=0.0)
+
+
+def test_nearest_neighbour_distances_match_brute_force():
+    rng = np.random.default_rng(5)
+    queries = rng.integers(0, 256, size=(7, 8, 8), dtype=np.uint8)
+    references = rng.integers(0, 256, size=(11, 8, 8), dtype=np.uint8)
+    q = queries.reshape(7, -1) / 255.0
+    r = references.reshape(11, -1) / 255.0
+    brute = np.linalg.norm(q[:, None] - r[None], axis=-1)
+    np.testing.assert_allclose(nearest_neighbour_distances(queries, references, chunk_size=3), brute.min(1), rtol=1e-9)
+    within = np.linalg.norm(r[:, None] - r[None], axis=-1)
+    np.fill_diagonal(within, np.inf)
+    np.testing.assert_allclose(
+        nearest_neighbour_distances(references, references, exclude_self=True, chunk_size=4), within.min(1), rtol=1e-9
+    )
+    with pytest.raises(ValueError, match="quantile"):
+        near_copy_threshold(references, quantile=1.5)
+
+
+# ----------------------------------------------------------------------------- image input
+
+
+def test_as_uint8_images_accepts_the_usual_layouts():
+    rng = np.random.default_rng(6)
+    images = rng.integers(0, 256, size=(4, 8, 8), dtype=np.uint8)
+    for variant in (
+        images,
+        images[:, None],
+        images[..., None],
+        torch.from_numpy(images[:, None]),
+        [Image.fromarray(im, mode="L") for im in images],
+        images.astype(np.float32) / 255.0,
+    ):
+        np.testing.assert_array_equal(as_uint8_images(variant), images)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((4, 3, 8, 8), np.uint8), "shape"),
+        (np.zeros((4, 16, 16), np.uint8), "shape"),
+        (np.full((2, 8, 8), -0.5, np.float32), r"\[0, 1\]"),
+        (np.full((2, 8, 8), 300, np.int64), "0..255"),
+        (np.zeros((0, 8, 8), np.uint8), "empty"),
+        ("not images", "numpy array"),
+    ],
+)
+def test_as_uint8_images_rejects_bad_input(bad, message):
+    with pytest.raises(ValueError, match=message):
+        as_uint8_images(bad)
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("classifier_cache")
+
+
+@pytest.fixture(scope="module")
+def classifier(cache_dir):
+    return load_digits_classifier(cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def evaluator(classifier):
+    return SampleQualityEvaluator(classifier)
+
+
+def test_classifier_is_accurate_on_held_out_digits(classifier):
+    assert classifier.held_out_accuracy >= 0.97
+    _, (held_out, labels) = dc.train_and_held_out_arrays(classifier.config)
+    assert (classifier.predict(held_out) == labels).mean() == pytest.approx(classifier.held_out_accuracy)
+
+
+def test_classifier_training_is_deterministic_and_leaves_global_rng_alone(classifier):
+    state = torch.get_rng_state()
+    retrained = train_digits_classifier(classifier.config)
+    assert torch.equal(torch.get_rng_state(), state)
+    for name, tensor in classifier.model.state_dict().items():
+        assert torch.equal(tensor, retrained.state_dict()[name]), name
+
+
+def test_classifier_is_loaded_from_cache_and_a_broken_cache_is_replaced(classifier, cache_dir, monkeypatch):
+    path = classifier.cache_path
+    assert path is not None and path.parent == cache_dir and path.suffix == ".safetensors"
+    assert list(cache_dir.glob("*.tmp")) == []  # atomic write left no temporary file
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the cached classifier should have been loaded")
+
+    monkeypatch.setattr(dc, "train_digits_classifier", must_not_train)
+    again = load_digits_classifier(cache_dir=cache_dir)
+    for name, tensor in classifier.model.state_dict().items():
+        assert torch.equal(tensor, again.model.state_dict()[name]), name
+
+    # A different config must not reuse the file.
+    other = DigitsClassifierConfig(epochs=classifier.config.epochs + 1)
+    assert dc.classifier_cache_key(other) != dc.classifier_cache_key(classifier.config)
+
+    # A truncated file is retrained (here: a 1-epoch stand-in to keep the test fast) and replaced.
+    monkeypatch.undo()
+    tiny = DigitsClassifierConfig(epochs=1)
+    tiny_path = cache_dir / f"digits_classifier-{dc.classifier_cache_key(tiny)}.safetensors"
+    tiny_path.write_bytes(b"not a safetensors file")
+    rebuilt = load_digits_classifier(tiny, cache_dir=cache_dir)
+    assert rebuilt.cache_path == tiny_path and tiny_path.stat().st_size > 1000
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="epochs"):
+        DigitsClassifierConfig(epochs=0)
+    with pytest.raises(ValueError, match="max_shift"):
+        DigitsClassifierConfig(max_shift=4)
+
+
+# ----------------------------------------------------------------------------- figures on real digits
+
+
+def test_real_digits_figures(evaluator):
+    held_out = evaluator.held_out_images
+    figures = evaluator.reference_report()
+    assert figures.num_images == len(held_out) == 360
+    assert 9.0 < figures.classifier_score <= 10.0
+    assert figures.class_coverage == 1.0
+    assert figures.label_entropy_bits > 3.3
+    assert figures.near_copy_fraction < 0.02
+    # FD of real digits: equal-N reference, small and with a spread over draws.
+    assert figures.fd_num_images == 360 and 0 < figures.frechet_distance < 30 and figures.frechet_distance_std > 0
+    assert evaluator.frechet_distance(held_out) < 1e-6
+
+
+def test_training_images_are_near_copies_and_a_repeated_image_scores_one(evaluator):
+    train = evaluator.train_images
+    figures = evaluator.figures(train[:200])
+    assert figures.near_copy_fraction == 1.0 and figures.median_train_distance == 0.0
+    repeated = np.repeat(train[:1], 100, axis=0)
+    assert evaluator.figures(repeated).classifier_score == pytest.approx(1.0, abs=1e-6)
+    one_class = evaluator.figures(repeated)
+    assert one_class.class_coverage == pytest.approx(0.1)
+    assert one_class.label_entropy_bits == 0.0
+
+
+def test_noise_is_far_from_real_digits(evaluator):
+    noise = np.random.default_rng(7).integers(0, 256, size=(360, 8, 8), dtype=np.uint8)
+    report = evaluator.evaluate(noise)
+    assert report.samples.frechet_distance > 20 * report.reference.frechet_distance
+    assert report.samples.classifier_score < report.reference.classifier_score - 3
+    assert report.samples.near_copy_fraction == 0.0
+
+
+def test_report_compares_at_equal_n_and_prints(evaluator):
+    samples = evaluator.held_out_images[:100]
+    report = evaluator.evaluate(samples)
+    assert report.samples.fd_num_images == report.reference.fd_num_images == 100
+    big = evaluator.evaluate(np.concatenate([evaluator.train_images, evaluator.held_out_images]))
+    assert big.reference.fd_num_images == len(evaluator.train_images)  # capped at the train size
+    table = report.format_table()
+    for row in ("Frechet distance", "classifier score", "class coverage", "near-copy fraction", "99."):
+        assert row in table
+    json.dumps(report.to_dict())
+    with pytest.raises(ValueError, match="at least 2"):
+        evaluator.evaluate(samples[:1])
+
+
+def test_module_level_api_matches_the_evaluator(evaluator, cache_dir):
+    # evaluate_samples builds its own evaluator from the cached classifier: same figures exactly.
+    samples = evaluator.held_out_images[:50]
+    assert evaluate_samples(samples, cache_dir=cache_dir) == evaluator.evaluate(samples)
+    assert reference_report(cache_dir=cache_dir) == evaluator.reference_report()
+
+
+def test_reference_tables_command_prints_both_tables(cache_dir, capsys):
+    from ddpm_from_scratch.sample_quality import main
+
+    main(["--cache_dir", str(cache_dir)])
+    out = capsys.readouterr().out
+    assert "| 360 |" in out and "| uniform noise | 360 |" in out and "held-out accuracy: 0.9" in out
