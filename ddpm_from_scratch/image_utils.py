@@ -1,0 +1,117 @@
+"""Turning sampled images into something to look at: grids and atomic PNG writes.
+
+Sampling returns PIL images, (N, H, W, C) numpy arrays or (N, C, H, W) tensors in [0, 1]
+(the pipeline's ``output_type``); ``make_image_grid`` takes any of them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+ImageBatch = Sequence[PIL.Image.Image] | np.ndarray | torch.Tensor
+
+
+def to_pil_images(images: ImageBatch) -> list[PIL.Image.Image]:
+    """Convert a batch of images to a list of PIL images ('L' for one channel, else 'RGB').
+
+    Arrays are (N, H, W), (N, H, W, C) floats in [0, 1] or uint8; tensors are (N, C, H, W)
+    floats in [0, 1] (the pipeline's ``output_type="pt"``).
+    """
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise ValueError(f"images: a tensor batch must be (N, C, H, W), got shape {tuple(images.shape)}")
+        images = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:  # (N, H, W): grayscale without a channel axis
+            images = images[..., None]
+        if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+            raise ValueError(
+                f"images: an array batch must be (N, H, W) or (N, H, W, C) with C in 1, 3, 4; got {images.shape}"
+            )
+        if images.dtype != np.uint8:
+            images = (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
+        if images.shape[-1] == 1:
+            return [PIL.Image.fromarray(image[..., 0], mode="L") for image in images]
+        return [PIL.Image.fromarray(image) for image in images]
+    images = list(images)
+    for index, image in enumerate(images):
+        if not isinstance(image, PIL.Image.Image):
+            raise TypeError(
+                f"images[{index}] is a {type(image).__name__}; expected PIL images, an (N, H, W[, C]) numpy "
+                "array or an (N, C, H, W) tensor"
+            )
+    return images
+
+
+def make_image_grid(
+    images: ImageBatch, cols: int | None = None, *, padding: int = 0, scale: int = 1
+) -> PIL.Image.Image:
+    """Tile ``images`` row by row into one image; any count works.
+
+    ``cols`` defaults to ceil(sqrt(N)), so 64 images make 8x8 and 10 make 4 columns x 3 rows.
+    Cells past the last image are left black (the padding the grid needs to stay rectangular).
+    ``padding`` puts that many black pixels between cells; ``scale`` enlarges every image by an
+    integer factor with nearest-neighbour resampling (an 8x8 digit is too small to see otherwise).
+    The grid is 'L' if every image is grayscale, else 'RGB'.
+    """
+    pil_images = to_pil_images(images)
+    if not pil_images:
+        raise ValueError("images is empty; make_image_grid needs at least one image")
+    if cols is not None and (not isinstance(cols, int) or cols < 1):
+        raise ValueError(f"cols must be a positive integer or None, got {cols!r}")
+    if not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
+    if not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+
+    width, height = pil_images[0].size
+    for index, image in enumerate(pil_images):
+        if image.size != (width, height):
+            raise ValueError(
+                f"images[{index}] is {image.size[0]}x{image.size[1]} but images[0] is {width}x{height}; "
+                "a grid needs images of one size"
+            )
+    mode = "L" if all(image.mode == "L" for image in pil_images) else "RGB"
+
+    count = len(pil_images)
+    cols = cols if cols is not None else math.ceil(math.sqrt(count))
+    cols = min(cols, count)
+    rows = math.ceil(count / cols)
+    cell_w, cell_h = width * scale, height * scale
+    grid = PIL.Image.new(mode, (cols * cell_w + (cols - 1) * padding, rows * cell_h + (rows - 1) * padding), color=0)
+    for index, image in enumerate(pil_images):
+        if scale != 1:
+            image = image.resize((cell_w, cell_h), resample=PIL.Image.NEAREST)
+        row, col = divmod(index, cols)
+        grid.paste(image.convert(mode), (col * (cell_w + padding), row * (cell_h + padding)))
+    return grid
+
+
+def save_image_atomic(image: PIL.Image.Image, path: str | os.PathLike, format: str | None = None) -> Path:
+    """Write ``image`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A crash mid-write leaves the previous file (if any) intact instead of a truncated PNG.
+    The format comes from the suffix unless given.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_format = format or PIL.Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise ValueError(f"cannot tell the image format of {str(path)!r} from its suffix; use e.g. .png")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format=image_format)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path

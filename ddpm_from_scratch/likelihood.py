@@ -1,0 +1,414 @@
+"""The variational bound of DDPM, term by term, and the NLL of data in bits per dimension.
+
+The bound the code implements is the paper's (Ho et al. 2020, eq. 5), *not* the derivation's final
+line (slip E5 in ``shared/derivation/README.md``: that line is a "KL" between densities over
+different variables):
+
+    -log p_theta(x_0) <= L = L_T + sum_{t=2..T} L_{t-1} + L_0
+    L_T     = KL(q(x_T | x_0) || N(0, I))                          prior_kl
+    L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))    posterior_kl_term
+    L_0     = -log p_theta(x_0 | x_1), discretised over 8-bit bins  decoder_nll
+
+Indexing: diffusers' timestep index i = 0..T-1 is the paper's t = i + 1. The term evaluated at index
+i is therefore the paper's L_i: index 0 is the decoder L_0, index i >= 1 the KL L_i, and the prior
+uses abar at index T - 1. All terms are in nats summed over the dimensions of an image; bits/dim is
+nats / (dims * ln 2) (``nats_to_bits_per_dim``). Data are images in [-1, 1] that came from uint8
+pixels (x = k / 127.5 - 1), so the bound is on the negative log-*probability* of the 8-bit image
+and is comparable with the paper's "<= 3.70 bits/dim" on CIFAR-10.
+
+p_theta(x_{t-1} | x_t) is the reverse step the sampler takes (``ScratchDDPMScheduler.step`` on the
+training chain): x_0 from the model output (``predict_original_sample``), clipped or thresholded as
+the scheduler's config says, mean = posterior mean P2 at that x_0, log-variance from
+``model_log_variance`` for the configured ``variance_type``. The one departure, at the decoder
+only: for ``fixed_large`` the decoder variance is beta~_1 (the posterior variance of the paper's
+t = 2), not beta_1, as in Ho et al.'s ``diffusion_utils_2.py`` and improved-diffusion
+(``np.append(posterior_variance[1], betas[1:])``, "to get a better decoder log likelihood"). The
+sampler never uses that variance (its last step adds no noise), so sampling is unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .scheduler import ScratchDDPMScheduler, dynamic_threshold
+from .tensor_utils import draw_noise
+
+LN2 = math.log(2.0)
+NUM_PIXEL_BINS = 256
+# half the width of one 8-bit bin in [-1, 1]: bins are centred on k / 127.5 - 1, k = 0..255
+HALF_BIN_WIDTH = 1.0 / 255.0
+_FIXED_LARGE = ("fixed_large", "fixed_large_log")
+
+
+# ---------------------------------------------------------------------------- Gaussian formulas
+
+
+def normal_kl(
+    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor | float, logvar2: torch.Tensor | float
+) -> torch.Tensor:
+    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise, in nats (broadcasting).
+
+    Closed form for univariate Gaussians: 1/2 (logvar2 - logvar1 + e^(logvar1 - logvar2)
+    + (mean1 - mean2)^2 e^(-logvar2) - 1). Log-variances in, so that tiny variances stay exact.
+    """
+    mean1, logvar1 = torch.as_tensor(mean1), torch.as_tensor(logvar1)
+    mean2 = torch.as_tensor(mean2, dtype=mean1.dtype, device=mean1.device)
+    logvar2 = torch.as_tensor(logvar2, dtype=logvar1.dtype, device=logvar1.device)
+    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1.0)
+
+
+def _log1mexp(a: torch.Tensor) -> torch.Tensor:
+    """log(1 - e^a) for a <= 0, accurate at both ends (Maechler 2012): expm1 near 0, log1p far below."""
+    return torch.where(a > -LN2, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+
+
+def _log_normal_interval_probability(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """log(Phi(upper) - Phi(lower)) for standardised edges lower < upper, without cancellation.
+
+    An interval in the upper tail is mirrored into the lower tail (Phi(u) - Phi(l) = Phi(-l) - Phi(-u)),
+    where log Phi is accurate; then log(Phi(hi) - Phi(lo)) = log Phi(hi) + log(1 - Phi(lo) / Phi(hi)).
+    """
+    mirror = (lower + upper) > 0
+    lo = torch.where(mirror, -upper, lower)
+    hi = torch.where(mirror, -lower, upper)
+    log_hi = torch.special.log_ndtr(hi)
+    return log_hi + _log1mexp(torch.special.log_ndtr(lo) - log_hi)
+
+
+def pixel_bin_index(x: torch.Tensor) -> torch.Tensor:
+    """The 8-bit value k (0..255) whose bin [k/127.5 - 1 -+ 1/255] contains x in [-1, 1] (clamped)."""
+    return torch.round((x + 1.0) * 127.5).clamp(0, NUM_PIXEL_BINS - 1)
+
+
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor
+) -> torch.Tensor:
+    """log P(x) elementwise, P the Gaussian N(mean, exp(log_variance)) discretised over 8-bit bins.
+
+    The decoder of Ho et al. (2020), eq. 13: for data x in [-1, 1] on the grid k / 127.5 - 1,
+    P(x) = Phi((x + 1/255 - mean) / sigma) - Phi((x - 1/255 - mean) / sigma), with the lower edge
+    of the bin at x = -1 moved to -inf and the upper edge of the bin at x = 1 moved to +inf, so that
+    the 256 bin probabilities sum to 1. x is snapped to the centre of the bin that contains it.
+    Exact normal CDFs in log space (``log_ndtr``), not the tanh approximation of the reference code,
+    so that far-tail bins give finite log-probabilities. Nats; gradients flow to mean and variance.
+    """
+    k = pixel_bin_index(x)
+    centre = k / 127.5 - 1.0
+    inv_std = torch.exp(-0.5 * log_variance)
+    upper = (centre + HALF_BIN_WIDTH - mean) * inv_std
+    lower = (centre - HALF_BIN_WIDTH - mean) * inv_std
+    # All three branches are computed with finite edges, so no inf reaches autograd through where().
+    log_cdf_upper = torch.special.log_ndtr(upper)  # bin 0: (-inf, upper]
+    log_survival_lower = torch.special.log_ndtr(-lower)  # bin 255: [lower, +inf)
+    log_interval = _log_normal_interval_probability(lower, upper)
+    return torch.where(k == 0, log_cdf_upper, torch.where(k == NUM_PIXEL_BINS - 1, log_survival_lower, log_interval))
+
+
+def nats_to_bits_per_dim(nats: torch.Tensor | float, num_dims: int) -> torch.Tensor | float:
+    """A negative log-likelihood (or bound) in nats for one image -> bits per dimension: nats / (dims ln 2)."""
+    if num_dims < 1:
+        raise ValueError(f"num_dims must be >= 1, got {num_dims}")
+    return nats / (num_dims * LN2)
+
+
+def sum_over_dims(x: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B,): a per-dimension term summed over each image's dimensions."""
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+# ---------------------------------------------------------------------------- the model's reverse step
+
+
+@dataclass
+class ReverseStep:
+    """p_theta(x_{t-1} | x_t) = N(mean, exp(log_variance)), and the x_0 the mean was built from."""
+
+    mean: torch.Tensor
+    log_variance: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+def split_model_output(model_output: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(mean part, variance part or None): a model with 2C output channels also predicts a variance."""
+    channels = x_t.shape[1]
+    if model_output.shape[1] == channels:
+        return model_output, None
+    if model_output.shape[1] == 2 * channels:
+        mean_part, variance_part = torch.split(model_output, channels, dim=1)
+        return mean_part, variance_part
+    raise ValueError(
+        f"model_output has {model_output.shape[1]} channels; expected {channels} (the sample's) "
+        f"or {2 * channels} (with a variance prediction)"
+    )
+
+
+def p_mean_variance(
+    model_output: torch.Tensor,
+    scheduler: ScratchDDPMScheduler,
+    x_t: torch.Tensor,
+    timesteps: torch.Tensor,
+    clip_denoised: bool | None = None,
+) -> ReverseStep:
+    """The reverse step p_theta(x_{t-1} | x_t) of the training chain (t -> t-1), as the sampler takes it.
+
+    x_0 = ``predict_original_sample`` (E4 corrected for epsilon), then clipped/thresholded as
+    ``scheduler.config`` says (``clip_denoised`` overrides clip_sample: True clips to
+    [-clip_sample_range, clip_sample_range], False leaves x_0 as predicted); mean = posterior mean
+    mu~(x_t, x_0) (P2); log-variance = ``model_log_variance`` for the configured ``variance_type``,
+    except that the decoder (t = 0) of ``fixed_large`` uses log beta~_1 (see the module docstring).
+    ``timesteps``: (B,) int64 on x_t's device.
+    """
+    config = scheduler.config
+    mean_output, variance_output = split_model_output(model_output, x_t)
+    learned = config.variance_type in ("learned", "learned_range")
+    if learned and variance_output is None:
+        raise ValueError(
+            f"variance_type={config.variance_type!r} needs a model that outputs 2x the sample's channels "
+            f"({2 * x_t.shape[1]}), got {model_output.shape[1]}"
+        )
+    pred_original_sample = scheduler.predict_original_sample(mean_output, x_t, timesteps)
+    clip = config.clip_sample if clip_denoised is None else clip_denoised
+    if config.thresholding and clip_denoised is None:
+        pred_original_sample = dynamic_threshold(
+            pred_original_sample, config.dynamic_thresholding_ratio, config.sample_max_value
+        )
+    elif clip:
+        pred_original_sample = pred_original_sample.clamp(-config.clip_sample_range, config.clip_sample_range)
+    mean, _, posterior_log_variance_clipped = scheduler.q_posterior_mean_variance(pred_original_sample, x_t, timesteps)
+    log_variance = scheduler.model_log_variance(timesteps, x_t, variance_output if learned else None)
+    if config.variance_type in _FIXED_LARGE:
+        # at t = 0 the clipped posterior log-variance *is* log beta~_1 (Ho et al.'s decoder variance)
+        is_decoder = (timesteps == 0).reshape(-1, *([1] * (x_t.ndim - 1)))
+        log_variance = torch.where(is_decoder, posterior_log_variance_clipped, log_variance)
+    return ReverseStep(mean=mean, log_variance=log_variance.expand_as(x_t), pred_original_sample=pred_original_sample)
+
+
+# ---------------------------------------------------------------------------- the bound's terms
+
+
+def prior_kl(scheduler: ScratchDDPMScheduler, x_start: torch.Tensor) -> torch.Tensor:
+    """L_T = KL(q(x_T | x_0) || N(0, I)), q(x_T | x_0) = N(sqrt(abar_T) x_0, (1 - abar_T) I) (F4).
+
+    (B,) nats per image. No parameters: this is the gap left by a forward process that does not
+    reach N(0, I) exactly (about 1e-5 nats/dim for the paper's linear schedule, T = 1000).
+    """
+    last = scheduler.config.num_train_timesteps - 1
+    chain = scheduler.forward_chain.to(x_start.device)
+    mean, variance = chain.q_mean_variance(x_start, last)
+    return sum_over_dims(normal_kl(mean, torch.log(variance).expand_as(mean), 0.0, 0.0))
+
+
+def posterior_kl_term(
+    scheduler: ScratchDDPMScheduler,
+    x_start: torch.Tensor,
+    x_t: torch.Tensor,
+    timesteps: torch.Tensor,
+    model_mean: torch.Tensor,
+    model_log_variance: torch.Tensor,
+) -> torch.Tensor:
+    """L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)), closed form, (B,) nats per image.
+
+    q(x_{t-1} | x_t, x_0) = N(mu~ (P2), beta~_t (E3 corrected)) from the scheduler; p_theta =
+    N(model_mean, exp(model_log_variance)). For timesteps >= 1 (at t = 0 the posterior is a point
+    mass and the term is the decoder's, ``decoder_nll``).
+    """
+    true_mean, _, true_log_variance = scheduler.q_posterior_mean_variance(x_start, x_t, timesteps)
+    return sum_over_dims(normal_kl(true_mean, true_log_variance.expand_as(true_mean), model_mean, model_log_variance))
+
+
+def decoder_nll(x_start: torch.Tensor, model_mean: torch.Tensor, model_log_variance: torch.Tensor) -> torch.Tensor:
+    """L_0 = -log p_theta(x_0 | x_1) with the discretised Gaussian decoder (eq. 13), (B,) nats per image."""
+    return -sum_over_dims(discretized_gaussian_log_likelihood(x_start, model_mean, model_log_variance))
+
+
+def vlb_term(
+    model_output: torch.Tensor,
+    scheduler: ScratchDDPMScheduler,
+    x_start: torch.Tensor,
+    x_t: torch.Tensor,
+    timesteps: torch.Tensor,
+    clip_denoised: bool | None = None,
+) -> torch.Tensor:
+    """The bound's term at each image's timestep: L_0 (decoder) where t = 0, L_t (posterior KL) where t >= 1.
+
+    (B,) nats per image; ``timesteps`` may differ across the batch (as in training). ``model_output``
+    is the model's output at (x_t, t); see ``p_mean_variance`` for ``clip_denoised``.
+    """
+    step = p_mean_variance(model_output, scheduler, x_t, timesteps, clip_denoised)
+    kl = posterior_kl_term(scheduler, x_start, x_t, timesteps, step.mean, step.log_variance)
+    nll = decoder_nll(x_start, step.mean, step.log_variance)
+    return torch.where(timesteps == 0, nll, kl)
+
+
+# ---------------------------------------------------------------------------- the whole bound
+
+
+@dataclass
+class VariationalBound:
+    """The bound for each image, in bits/dim, term by term.
+
+    ``vb_bpd[:, i]`` is the term at timestep index i, the paper's L_i: column 0 is the decoder L_0,
+    column i >= 1 the KL L_i. ``total_bpd = prior_bpd + vb_bpd.sum(1)`` bounds -log2 p(x_0) / dims.
+    """
+
+    total_bpd: torch.Tensor  # (N,)
+    prior_bpd: torch.Tensor  # (N,) L_T
+    decoder_bpd: torch.Tensor  # (N,) L_0 (= vb_bpd[:, 0])
+    vb_bpd: torch.Tensor  # (N, T)
+    num_dims: int  # dimensions per image (C * H * W)
+
+    @property
+    def bits_per_dim(self) -> float:
+        """The bound averaged over the images: the dataset's NLL upper bound in bits/dim."""
+        return float(self.total_bpd.mean())
+
+    @property
+    def standard_error(self) -> float:
+        """Standard error of ``bits_per_dim`` over images (images vary, and each term is a one-draw estimate)."""
+        n = self.total_bpd.numel()
+        return float(self.total_bpd.std() / math.sqrt(n)) if n > 1 else float("nan")
+
+    def terms_per_timestep(self) -> torch.Tensor:
+        """(T,) each term averaged over the images: the bound over t, ready to plot."""
+        return self.vb_bpd.mean(dim=0)
+
+    def total_nats(self) -> torch.Tensor:
+        """(N,) the bound in nats per image."""
+        return self.total_bpd * (self.num_dims * LN2)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: means over the images, and the per-timestep curve."""
+        return {
+            "bits_per_dim": self.bits_per_dim,
+            "bits_per_dim_standard_error": self.standard_error if self.total_bpd.numel() > 1 else None,
+            "prior_bpd": float(self.prior_bpd.mean()),
+            "decoder_bpd": float(self.decoder_bpd.mean()),
+            "num_images": int(self.total_bpd.numel()),
+            "num_dims": self.num_dims,
+            "terms_per_timestep_bpd": self.terms_per_timestep().tolist(),
+        }
+
+
+def _compute_dtype(device: torch.device) -> torch.dtype:
+    # the bound's terms are differences of nearly equal numbers at small t: float64 where the device has it
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _as_scratch_scheduler(scheduler: Any) -> ScratchDDPMScheduler:
+    if isinstance(scheduler, ScratchDDPMScheduler):
+        return scheduler
+    if getattr(scheduler, "config", None) is not None and "num_train_timesteps" in scheduler.config:
+        # diffusers' DDPMScheduler has the same config keys: rebuild it as the scheduler with the math
+        return ScratchDDPMScheduler.from_config(scheduler.config)
+    raise ValueError(
+        f"scheduler must be a ScratchDDPMScheduler or a diffusers DDPMScheduler, got {type(scheduler).__name__}"
+    )
+
+
+def call_model(
+    model: Callable, x_t: torch.Tensor, timesteps: torch.Tensor, model_kwargs: dict[str, Any]
+) -> torch.Tensor:
+    """Run a diffusers-style model (output with ``.sample``) or a plain callable returning a tensor."""
+    output = model(x_t, timesteps, **model_kwargs)
+    return output.sample if hasattr(output, "sample") else output
+
+
+def _check_data(x_start: torch.Tensor) -> None:
+    if x_start.ndim < 2 or x_start.shape[0] < 1:
+        raise ValueError(f"x_start must be a batch (N, C, ...) with N >= 1, got shape {tuple(x_start.shape)}")
+    if not x_start.is_floating_point():
+        raise ValueError(f"x_start must be floating point in [-1, 1] (uint8 k -> k / 127.5 - 1), got {x_start.dtype}")
+    low, high = float(x_start.min()), float(x_start.max())
+    if low < -1.0 - 1e-5 or high > 1.0 + 1e-5:
+        raise ValueError(
+            f"x_start must lie in [-1, 1] (8-bit images scaled as k / 127.5 - 1), got values in [{low:.4g}, {high:.4g}]"
+        )
+
+
+@torch.no_grad()
+def nll_bits_per_dim(
+    model: Callable,
+    scheduler: Any,
+    x_start: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    clip_denoised: bool | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> VariationalBound:
+    """The variational bound on -log p_theta(x_0) of each image, in bits/dim, with every term.
+
+    Exact over t: for each timestep index t = T-1 .. 0 one draw x_t ~ q(x_t | x_0) (F2) per image,
+    one model call, and the term L_t there (``vlb_term``); plus the prior L_T. Each image's total is
+    an unbiased estimate of its bound (Ho et al.'s ``calc_bpd_loop``).
+
+    Args:
+        model: called as ``model(x_t, timesteps, **model_kwargs)``; a diffusers UNet (``.sample``) or
+            any callable returning a tensor. Inputs are cast to ``x_start``'s dtype.
+        scheduler: ``ScratchDDPMScheduler`` (or diffusers' ``DDPMScheduler``, rebuilt from its config):
+            betas, ``prediction_type``, ``variance_type`` and clipping define p_theta.
+        x_start: (N, C, H, W) images in [-1, 1] from 8-bit pixels (k / 127.5 - 1).
+        generator: for the x_t draws (reproducible bounds); draws are made on the generator's device.
+        batch_size: images per model call (default: all N at once).
+        clip_denoised: override the scheduler's clip_sample for x_0 (None: as the sampler does).
+        model_kwargs: extra model arguments, e.g. ``class_labels`` for all N images.
+        progress: show a tqdm progress bar over the T x batches model calls.
+    """
+    from tqdm.auto import tqdm
+
+    scheduler = _as_scratch_scheduler(scheduler)
+    _check_data(x_start)
+    n = x_start.shape[0]
+    batch_size = n if batch_size is None else batch_size
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    model_kwargs = dict(model_kwargs or {})
+    num_timesteps = scheduler.config.num_train_timesteps
+    num_dims = x_start[0].numel()
+    device, model_dtype = x_start.device, x_start.dtype
+    dtype = _compute_dtype(device)
+
+    prior, vb = [], []
+    bar = tqdm(total=num_timesteps * math.ceil(n / batch_size), desc="NLL bound", disable=not progress)
+    for start in range(0, n, batch_size):
+        x0 = x_start[start : start + batch_size].to(dtype)
+        kwargs = _batch_slice(model_kwargs, start, batch_size, n)
+        terms = torch.empty(x0.shape[0], num_timesteps, dtype=dtype, device=device)
+        for t in reversed(range(num_timesteps)):
+            timesteps = torch.full((x0.shape[0],), t, dtype=torch.long, device=device)
+            noise = draw_noise(tuple(x0.shape), generator, device, dtype)
+            x_t = scheduler.add_noise(x0, noise, timesteps)  # F2
+            model_output = call_model(model, x_t.to(model_dtype), timesteps, kwargs).to(dtype)
+            step = p_mean_variance(model_output, scheduler, x_t, timesteps, clip_denoised)
+            if t == 0:
+                terms[:, t] = decoder_nll(x0, step.mean, step.log_variance)
+            else:
+                terms[:, t] = posterior_kl_term(scheduler, x0, x_t, timesteps, step.mean, step.log_variance)
+            bar.update(1)
+        prior.append(prior_kl(scheduler, x0))
+        vb.append(terms)
+    bar.close()
+
+    prior_bpd = nats_to_bits_per_dim(torch.cat(prior), num_dims)
+    vb_bpd = nats_to_bits_per_dim(torch.cat(vb), num_dims)
+    return VariationalBound(
+        total_bpd=prior_bpd + vb_bpd.sum(dim=1),
+        prior_bpd=prior_bpd,
+        decoder_bpd=vb_bpd[:, 0],
+        vb_bpd=vb_bpd,
+        num_dims=num_dims,
+    )
+
+
+def _batch_slice(model_kwargs: dict[str, Any], start: int, batch_size: int, n: int) -> dict[str, Any]:
+    """Per-image tensors (first dim N) are sliced with the images; anything else is passed as is."""
+    def per_image(value: Any) -> bool:
+        return torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == n
+
+    end = start + batch_size
+    return {key: value[start:end] if per_image(value) else value for key, value in model_kwargs.items()}

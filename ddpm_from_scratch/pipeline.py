@@ -1,0 +1,383 @@
+"""ScratchDDPMPipeline: ancestral sampling (Ho et al. 2020, algorithm 2) as a diffusers pipeline.
+
+    x_T ~ N(0, I);  for t in scheduler.timesteps:  eps = unet(x_t, t[, y]);  x_{t-1} = scheduler.step(eps, t, x_t)
+
+With diffusers' UNet2DModel + DDPMScheduler and the same generator it returns the same images as
+diffusers' DDPMPipeline (same noise draws, same calls). It adds class-conditional sampling with
+classifier-free guidance, works with any diffusers scheduler (it passes a scheduler only the step
+arguments its ``step`` accepts), and saves itself with its code so that
+``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`` works without this package
+(layout and loaders in hub.py).
+
+Remote-code rule: this module ships with every saved pipeline, so it imports only the standard
+library, torch, numpy, diffusers (and what diffusers requires) and siblings via single-dot imports.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from .hub import (
+    CodeLayoutError,
+    ModelCardInfo,
+    commit_folder,
+    hub_loading_problems,
+    load_pipeline_components,
+    save_pipeline_folder,
+)
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+def classifier_free_guidance(
+    noise_uncond: torch.Tensor, noise_cond: torch.Tensor, guidance_scale: float
+) -> torch.Tensor:
+    """Ho & Salimans (2022), eq. 6 in diffusers' parametrisation: eps = eps(x, null) + w (eps(x, y) - eps(x, null)).
+
+    w = 1 is the conditional model, w = 0 the unconditional one, w > 1 sharpens towards class y.
+    """
+    return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+
+
+def class_conditioning(unet: Any) -> tuple[int, int] | None:
+    """(number of classes, null class label) of a class-conditional UNet; None if it is unconditional.
+
+    ScratchUNet2DModel says it itself (``null_class_label`` = num_class_embeds = number of classes).
+    For diffusers' UNet2DModel, whose embedding table has ``num_class_embeds`` rows, the convention
+    here is that the last row is the null class, leaving num_class_embeds - 1 real classes.
+    """
+    if hasattr(unet, "null_class_label"):
+        null = unet.null_class_label
+        return None if null is None else (int(null), int(null))
+    num_class_embeds = getattr(unet.config, "num_class_embeds", None)
+    if num_class_embeds is None:
+        return None
+    return num_class_embeds - 1, num_class_embeds - 1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+class ScratchDDPMPipeline(DiffusionPipeline):
+    """Sample images from a DDPM: a UNet that predicts the noise and a scheduler that steps x_t -> x_{t-1}.
+
+    Components: ``unet`` (ScratchUNet2DModel or diffusers' UNet2DModel) and ``scheduler``
+    (ScratchDDPMScheduler or any diffusers scheduler, e.g. DDPMScheduler, DDIMScheduler).
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    # ---- sampling ------------------------------------------------------------------------------
+
+    def _check_arguments(
+        self,
+        batch_size: Any,
+        generator: Any,
+        num_inference_steps: Any,
+        guidance_scale: Any,
+        output_type: Any,
+    ) -> None:
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
+            raise ValueError(
+                f"generator is a list of {len(generator)} generators but batch_size is {batch_size}; "
+                "pass one generator per image, or a single generator"
+            )
+        if not _is_int(num_inference_steps) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
+        if guidance_scale is not None and (
+            isinstance(guidance_scale, bool)
+            or not isinstance(guidance_scale, (int, float))
+            or not math.isfinite(guidance_scale)
+            or guidance_scale < 0
+        ):
+            raise ValueError(f"guidance_scale must be None or a finite number >= 0, got {guidance_scale!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+
+    def _class_labels(
+        self, class_labels: Any, guidance_scale: float | None, batch_size: int, device: torch.device
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(labels, null labels) as (B,) long tensors; (None, None) for an unconditional UNet.
+
+        No labels on a class-conditional UNet means unconditional samples: every label is the null class.
+        """
+        conditioning = class_conditioning(self.unet)
+        if conditioning is None:
+            if class_labels is not None:
+                raise ValueError("class_labels were given but the UNet is unconditional (its num_class_embeds is None)")
+            if guidance_scale is not None:
+                raise ValueError("guidance_scale needs a class-conditional UNet; this UNet is unconditional")
+            return None, None
+        num_classes, null_label = conditioning
+        null_labels = torch.full((batch_size,), null_label, dtype=torch.long, device=device)
+        if class_labels is None:
+            if guidance_scale is not None:
+                raise ValueError("guidance_scale needs class_labels (classifier-free guidance steers towards a class)")
+            return null_labels, null_labels
+        if _is_int(class_labels):
+            labels = torch.full((batch_size,), class_labels, dtype=torch.long)
+        else:
+            labels = torch.as_tensor(class_labels)
+            if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+                raise ValueError(f"class_labels must be integers, got dtype {labels.dtype}")
+            if labels.ndim != 1 or labels.shape[0] != batch_size:
+                raise ValueError(
+                    f"class_labels must be an int or a sequence of batch_size={batch_size} ints, "
+                    f"got shape {tuple(labels.shape)}"
+                )
+        if bool(((labels < 0) | (labels >= num_classes)).any()):
+            raise ValueError(
+                f"class_labels must be in [0, {num_classes}) for this UNet, got {labels.tolist()} "
+                f"({null_label} is the null class: leave class_labels=None for unconditional samples)"
+            )
+        return labels.to(device=device, dtype=torch.long), null_labels
+
+    def _step_kwargs(self, generator: Any, eta: float | None) -> dict[str, Any]:
+        """The optional arguments of ``scheduler.step`` that this scheduler accepts."""
+        accepted = inspect.signature(self.scheduler.step).parameters
+        kwargs: dict[str, Any] = {}
+        if "generator" in accepted:
+            kwargs["generator"] = generator
+        if eta is not None:
+            if "eta" not in accepted:
+                raise ValueError(f"eta is not an argument of {type(self.scheduler).__name__}.step; leave eta=None")
+            kwargs["eta"] = eta
+        return kwargs
+
+    def _set_timesteps(self, num_inference_steps: int) -> None:
+        # timesteps stay on the CPU, as in diffusers' DDPMPipeline/DDIMPipeline (the UNet moves them)
+        try:
+            self.scheduler.set_timesteps(num_inference_steps)
+        except (ValueError, ZeroDivisionError) as error:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} is not accepted by {type(self.scheduler).__name__} "
+                f"(num_train_timesteps={self.scheduler.config.get('num_train_timesteps')}): {error}"
+            ) from error
+
+    def _predict_noise(
+        self,
+        sample: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None,
+        null_labels: torch.Tensor | None,
+        guidance_scale: float | None,
+    ) -> torch.Tensor:
+        """The model output for ``scheduler.step``; with guidance, one UNet call on [cond | uncond]."""
+        model_input = sample
+        if hasattr(self.scheduler, "scale_model_input"):
+            model_input = self.scheduler.scale_model_input(sample, t)
+        if labels is None:
+            return self.unet(model_input, t).sample
+        if guidance_scale is None or guidance_scale == 1.0:  # w = 1 is the conditional model itself
+            return self.unet(model_input, t, class_labels=labels).sample
+        both = self.unet(torch.cat([model_input, model_input]), t, class_labels=torch.cat([labels, null_labels])).sample
+        cond, uncond = both.chunk(2)
+        channels = sample.shape[1]
+        # a learned variance (output = [eps | v]) is not guided: keep the conditional branch's
+        guided = classifier_free_guidance(uncond[:, :channels], cond[:, :channels], guidance_scale)
+        return torch.cat([guided, cond[:, channels:]], dim=1)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 1000,
+        class_labels: int | Sequence[int] | torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        eta: float | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate ``batch_size`` images.
+
+        Args:
+            batch_size: number of images (>= 1).
+            generator: a torch.Generator, or a list of batch_size generators (one per image), for
+                reproducible samples; image i then depends only on generator i.
+            num_inference_steps: number of denoising steps; the scheduler must accept it (1..T for DDPM).
+            class_labels: for a class-conditional UNet, an int or batch_size ints in [0, number of
+                classes); None samples unconditionally (the null class). Must be None for an
+                unconditional UNet.
+            guidance_scale: classifier-free guidance weight w (>= 0) with class_labels:
+                eps = eps(x, null) + w (eps(x, y) - eps(x, null)); None or 1 = no guidance.
+            output_type: "pil" (list of PIL images, mode 'L' for one channel), "np" ((B, H, W, C)
+                float32 in [0, 1]) or "pt" ((B, C, H, W) tensor in [0, 1]).
+            return_dict: return an ImagePipelineOutput (else a 1-tuple).
+            eta: DDIM's eta, passed to schedulers whose ``step`` takes it.
+
+        The progress bar is diffusers' own: ``pipe.set_progress_bar_config(disable=True)`` turns it off.
+        """
+        self._check_arguments(batch_size, generator, num_inference_steps, guidance_scale, output_type)
+        device = self._execution_device
+        labels, null_labels = self._class_labels(class_labels, guidance_scale, batch_size, device)
+        step_kwargs = self._step_kwargs(generator, eta)
+        self._set_timesteps(num_inference_steps)
+
+        config = self.unet.config
+        size = config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (batch_size, config.in_channels, height, width)
+        # x_T ~ N(0, I), drawn exactly as diffusers' pipelines draw it (CPU generators draw on the CPU;
+        # on mps, randn is not reproducible, so draw on the CPU there too)
+        noise_device = torch.device("cpu") if device.type == "mps" else device
+        sample = randn_tensor(shape, generator=generator, device=noise_device, dtype=self.unet.dtype).to(device)
+        sample = sample * getattr(self.scheduler, "init_noise_sigma", 1.0)
+
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_output = self._predict_noise(sample, t, labels, null_labels, guidance_scale)
+            sample = self.scheduler.step(model_output, t, sample, **step_kwargs).prev_sample
+
+        image = (sample / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+            if output_type == "pil":
+                image = self.numpy_to_pil(image)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+    # ---- saving, loading, publishing -----------------------------------------------------------
+
+    def _num_classes(self) -> int | None:
+        conditioning = class_conditioning(self.unet)
+        return None if conditioning is None else conditioning[0]
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        model_card: ModelCardInfo | None = None,
+        *,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
+        **push_kwargs: Any,
+    ) -> None:
+        """Save the pipeline with its code (diffusers' custom-code layout, see hub.py) and a model card.
+
+        The folder loads with ``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)``
+        (no need for this package) and with ``ScratchDDPMPipeline.from_pretrained(path)``. Weights are
+        safetensors only. README.md is written from ``model_card`` (a default card if None and the
+        folder has no README yet). ``push_to_hub=True`` then uploads it (``push_kwargs``: repo_id,
+        private, token, commit_message, create_pr, endpoint).
+        """
+        if not safe_serialization:
+            raise ValueError("safe_serialization must be True: this pipeline saves weights as safetensors only")
+        save_pipeline_folder(
+            self,
+            save_directory,
+            model_card=model_card,
+            card_repo_id=None,
+            num_classes=self._num_classes(),
+            variant=variant,
+            max_shard_size=max_shard_size,
+        )
+        if push_to_hub:
+            repo_id = push_kwargs.pop("repo_id", Path(save_directory).resolve().name)
+            self.push_to_hub(repo_id, model_card=model_card, **push_kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> ScratchDDPMPipeline:
+        """Load a saved pipeline (a folder or a Hub repo id) with this package's classes.
+
+        No code from the folder runs (so ``trust_remote_code`` is not needed and is ignored), and
+        weights are read from safetensors only. Components passed as keyword arguments
+        (e.g. ``scheduler=DDIMScheduler(...)``) replace the saved ones. Other keyword arguments:
+        torch_dtype, variant, and for Hub repos revision, token, cache_dir, local_files_only,
+        force_download, endpoint.
+        """
+        kwargs.pop("trust_remote_code", None)
+        if kwargs.pop("use_safetensors", True) is False:
+            raise ValueError("use_safetensors=False is not supported: weights are loaded from safetensors only")
+        torch_dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+        variant = kwargs.pop("variant", None)
+        expected = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+        passed = {name: kwargs.pop(name) for name in expected if name in kwargs}
+        hub_keys = ("revision", "token", "cache_dir", "local_files_only", "force_download", "endpoint")
+        hub_kwargs = {key: kwargs.pop(key) for key in hub_keys if key in kwargs}
+        if kwargs:
+            allowed = sorted([*expected, *hub_keys, "torch_dtype", "variant"])
+            raise ValueError(f"unexpected keyword arguments {sorted(kwargs)}; allowed: {allowed}")
+
+        folder = Path(pretrained_model_name_or_path)
+        if not folder.is_dir():
+            name = str(pretrained_model_name_or_path)
+            # a Hub repo id is "name" or "namespace/name"; anything else was meant as a local folder
+            if folder.exists() or folder.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+                raise FileNotFoundError(f"pipeline folder {name!r} does not exist or is not a folder")
+            folder = Path(_download_snapshot(name, **hub_kwargs))
+        components = load_pipeline_components(
+            cls, folder, skip=frozenset(passed), torch_dtype=torch_dtype, variant=variant
+        )
+        pipeline = cls(**components, **passed)
+        pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipeline
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str = "Upload ScratchDDPMPipeline (DDPM) with its code and model card",
+        model_card: ModelCardInfo | None = None,
+        *,
+        create_pr: bool = False,
+        endpoint: str | None = None,
+    ) -> Any:
+        """Create the Hub repo ``repo_id`` (if needed) and upload the saved pipeline in one commit.
+
+        What is uploaded is a fresh save (code, configs, safetensors weights, README.md model card,
+        sample_grid.png if the card has one) made in a temporary folder, never a training output
+        folder with its checkpoints. ``token`` is sent to the Hub only; it is never written to a file
+        or log, and the upload is refused if any file contains it. ``endpoint`` points the client at
+        another Hub (default: HF_ENDPOINT or huggingface.co). Returns huggingface_hub's CommitInfo.
+        """
+        from huggingface_hub import HfApi
+
+        problems = hub_loading_problems(self.components)
+        if problems:  # before create_repo, so a failed push leaves no empty repo behind
+            raise CodeLayoutError(problems[0])
+        api = HfApi(endpoint=endpoint, token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory(prefix="ddpm-push-") as tmp:
+            folder = Path(tmp) / repo_id.split("/")[-1]
+            save_pipeline_folder(
+                self,
+                folder,
+                model_card=model_card if model_card is not None else ModelCardInfo(),
+                card_repo_id=repo_id,
+                num_classes=self._num_classes(),
+                for_hub=True,
+            )
+            return commit_folder(api, folder, repo_id, commit_message=commit_message, token=token, create_pr=create_pr)
+
+
+def _download_snapshot(repo_id: str, **hub_kwargs: Any) -> str:
+    """Download a Hub repo's files except pickle checkpoints (never loaded anyway)."""
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(
+        repo_id, ignore_patterns=["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.msgpack", "*.onnx"], **hub_kwargs
+    )

@@ -1,0 +1,139 @@
+"""ddpm-evaluate on tiny pipelines saved here (T = 10, a few samples): the table, the JSON, the loaders.
+
+The digits classifier is trained once into a temporary cache for the module (seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from ddpm_from_scratch.evaluate import (
+    evaluate_pipeline,
+    held_out_digits,
+    load_pipeline,
+    main,
+    sample_digits,
+    uint8_to_model_range,
+)
+from ddpm_from_scratch.likelihood import nll_bits_per_dim
+from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
+from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
+from ddpm_from_scratch.unet import ScratchUNet2DModel
+
+T = 10
+
+
+def tiny_unet(in_channels=1, out_channels=2, sample_size=8):
+    torch.manual_seed(0)
+    unet = ScratchUNet2DModel(
+        sample_size=sample_size, in_channels=in_channels, out_channels=out_channels, block_out_channels=(8, 16),
+        layers_per_block=1, attention_resolutions=(), dropout=0.0, norm_num_groups=4,
+    )
+    with torch.no_grad():  # random (not zero) output layers, so the output depends on the input
+        for parameter in unet.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return unet.eval()
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(tmp_path_factory):
+    """A learned-variance (learned_range, out_channels = 2) pipeline with T = 10, saved with its code."""
+    folder = tmp_path_factory.mktemp("pipeline") / "tiny-digits"
+    scheduler = ScratchDDPMScheduler(num_train_timesteps=T, beta_end=0.2, variance_type="learned_range")
+    ScratchDDPMPipeline(unet=tiny_unet(), scheduler=scheduler).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("classifier_cache")
+
+
+def test_command_prints_one_table_and_writes_json(saved_pipeline, cache_dir, tmp_path, capsys):
+    out = tmp_path / "results" / "eval.json"
+    argv = [str(saved_pipeline), "--num-samples", "24", "--nll-images", "12", "--batch-size", "16",
+            "--json", str(out), "--no-progress", "--classifier-cache-dir", str(cache_dir)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for expected in ("T = 10 training steps", "variance learned_range", "NLL bound on 12 held-out digits, bits/dim", "sampling steps", "Frechet distance to held-out", "classifier score",
+                     "near-copy fraction", "real held-out digits"):
+        assert expected in printed, expected
+
+    data = json.loads(out.read_text())
+    assert data["num_train_timesteps"] == T and data["num_inference_steps"] == T and data["seed"] == 0
+    nll = data["nll"]
+    assert nll["num_images"] == 12 and nll["num_dims"] == 64 and len(nll["terms_per_timestep_bpd"]) == T
+    assert math.isfinite(nll["bits_per_dim"]) and nll["bits_per_dim"] > 0
+    assert nll["bits_per_dim"] == pytest.approx(nll["prior_bpd"] + sum(nll["terms_per_timestep_bpd"]))
+    quality = data["sample_quality"]
+    assert quality["samples"]["num_images"] == 24 and quality["reference"]["num_images"] == 360
+    assert f"{nll['bits_per_dim']:.3f}" in printed and f"{quality['samples']['frechet_distance']:.3f}" in printed
+
+    # the printed bound is the library's, on the first 12 held-out digits with a generator seeded --seed
+    pipeline = ScratchDDPMPipeline.from_pretrained(saved_pipeline)
+    direct = nll_bits_per_dim(
+        pipeline.unet, pipeline.scheduler, uint8_to_model_range(held_out_digits()[:12]),
+        generator=torch.Generator().manual_seed(0), batch_size=16, progress=False,
+    )
+    assert direct.bits_per_dim == pytest.approx(nll["bits_per_dim"], rel=1e-12)
+
+
+def test_samples_do_not_depend_on_the_batch_size(saved_pipeline):
+    pipeline = ScratchDDPMPipeline.from_pretrained(saved_pipeline)
+    pipeline.set_progress_bar_config(disable=True)
+    one_batch = sample_digits(pipeline, 5, num_inference_steps=4, batch_size=5, seed=3)
+    three_batches = sample_digits(pipeline, 5, num_inference_steps=4, batch_size=2, seed=3)
+    assert one_batch.dtype == np.uint8 and one_batch.shape == (5, 8, 8)
+    np.testing.assert_array_equal(one_batch, three_batches)
+
+
+def test_variance_type_override_changes_the_bound(saved_pipeline, tmp_path):
+    results = {}
+    for variance in ("saved", "fixed_large"):
+        out = tmp_path / f"{variance}.json"
+        main([str(saved_pipeline), "--num-samples", "0", "--nll-images", "4", "--variance-type", variance,
+              "--json", str(out), "--no-progress"])
+        results[variance] = json.loads(out.read_text())
+    assert results["saved"]["variance_type"] == "learned_range"
+    assert results["fixed_large"]["variance_type"] == "fixed_large"
+    assert results["saved"]["sample_quality"] is None and results["saved"]["num_inference_steps"] is None
+    assert results["saved"]["nll"]["bits_per_dim"] != results["fixed_large"]["nll"]["bits_per_dim"]
+
+
+def test_a_stock_diffusers_pipeline_folder_is_evaluated_too(tmp_path, capsys):
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=T)).save_pretrained(tmp_path / "stock")
+    assert isinstance(load_pipeline(tmp_path / "stock"), DDPMPipeline)
+    assert main([str(tmp_path / "stock"), "--num-samples", "0", "--nll-images", "3", "--no-progress"]) == 0
+    assert "NLL bound on 3 held-out digits" in capsys.readouterr().out
+
+
+def test_bad_input_gives_clear_errors(saved_pipeline, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "missing"), "--no-progress"])
+    assert exit_info.value.code == 1 and "no pipeline folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(saved_pipeline), "--num-samples", "0", "--nll-images", "0"])
+    assert exit_info.value.code == 1 and "nothing to evaluate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(saved_pipeline), "--num-samples", "-3"])  # argparse refuses it
+    assert "must be an integer >= 0" in capsys.readouterr().err
+
+    pipeline = ScratchDDPMPipeline.from_pretrained(saved_pipeline)
+    with pytest.raises(ValueError, match="nll_images must be in"):
+        evaluate_pipeline(pipeline, nll_images=1000, num_samples=0, progress=False)
+    with pytest.raises(ValueError, match="num_samples must be 0"):
+        evaluate_pipeline(pipeline, nll_images=2, num_samples=1, progress=False)
+    rgb_unet = tiny_unet(in_channels=3, out_channels=3, sample_size=16)
+    rgb = ScratchDDPMPipeline(unet=rgb_unet, scheduler=ScratchDDPMScheduler(num_train_timesteps=T))
+    with pytest.raises(ValueError, match="1x8x8 digits"):
+        evaluate_pipeline(rgb, nll_images=2, num_samples=0, progress=False)

@@ -1,0 +1,215 @@
+"""push_to_hub through huggingface_hub's real client against a loopback Hub (no internet), the model card,
+and that the access token never lands in a file or a log."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import logging
+import sys
+import textwrap
+
+import huggingface_hub
+import numpy as np
+import pytest
+import torch
+from _pipeline_fixtures import (  # noqa: F401 (single_torch_thread: autouse fixture)
+    FakeHub,
+    run_without_package,
+    scratch_scheduler,
+    seeded,
+    single_torch_thread,
+    tiny_diffusers_unet,
+    tiny_scratch_unet,
+)
+from huggingface_hub import ModelCard
+from PIL import Image
+from safetensors.torch import load as load_safetensors
+
+from ddpm_from_scratch.hub import CodeLayoutError, ModelCardInfo, redact_secrets
+from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
+
+TOKEN = "hf_loopbackTestTokenDoNotLeak0123456789"
+CALL = {"batch_size": 2, "class_labels": [1, 2], "guidance_scale": 2.0, "num_inference_steps": 3, "output_type": "np"}
+EXPECTED_FILES = {
+    "README.md",
+    "model_index.json",
+    "pipeline.py",
+    "hub.py",
+    "sample_grid.png",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "unet/unet.py",
+    "scheduler/scheduler_config.json",
+    "scheduler/scheduler.py",
+    "scheduler/beta_schedules.py",
+    "scheduler/diffusion_math.py",
+    "scheduler/tensor_utils.py",
+}
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    # the client must talk to 127.0.0.1 even where CI sets HF_HUB_OFFLINE=1 or a proxy
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    huggingface_hub.close_session()  # a client made before picks up the environment again
+    with FakeHub() as fake_hub:
+        yield fake_hub
+    huggingface_hub.close_session()
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> ScratchDDPMPipeline:
+    pipe = ScratchDDPMPipeline(unet=tiny_scratch_unet(num_class_embeds=3), scheduler=scratch_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def card_info() -> ModelCardInfo:
+    return ModelCardInfo(
+        dataset="sklearn-digits",
+        training_config={"learning_rate": 2e-4, "train_steps": 3000, "hub": {"hub_token": TOKEN}},
+        metrics={"fid": 12.3456, "bits_per_dim": 3.7},
+        sample_grid=Image.new("L", (16, 16), color=128),
+        tags=["digits"],
+    )
+
+
+def test_push_uploads_the_saved_pipeline_and_a_model_card(pipeline, hub, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    info = pipeline.push_to_hub(
+        "tiny-ddpm",
+        private=True,
+        token=TOKEN,
+        commit_message="first model",
+        model_card=card_info(),
+        endpoint=hub.endpoint,
+    )
+    repo = "test-user/tiny-ddpm"
+    assert info.oid == hub.commit_oid(repo)
+    assert [name for _, name, _ in hub.calls] == ["create_repo", "validate_yaml", "preupload", "commit"]
+    assert hub.unexpected == []
+    assert hub.repo_payloads == [{"name": "tiny-ddpm", "organization": None, "visibility": "private"}]
+    assert hub.commit_headers[0]["summary"] == "first model"
+    assert set(hub.authorization) == {f"Bearer {TOKEN}"}  # the token was used, for the Hub only
+
+    uploaded = hub.files[repo]
+    assert set(uploaded) == EXPECTED_FILES  # code, configs, weights, card: nothing else (no checkpoints)
+    weights = load_safetensors(uploaded["unet/diffusion_pytorch_model.safetensors"])
+    for key, value in pipeline.unet.state_dict().items():
+        torch.testing.assert_close(weights[key], value, rtol=0, atol=0)
+    assert Image.open(io.BytesIO(uploaded["sample_grid.png"])).size == (16, 16)
+
+    card = ModelCard(uploaded["README.md"].decode())
+    assert card.data.library_name == "diffusers"
+    assert card.data.pipeline_tag == "unconditional-image-generation"
+    assert card.data.license == "apache-2.0"
+    assert card.data.datasets == ["sklearn-digits"]
+    assert {"diffusers", "ddpm", "digits"} <= set(card.data.tags)
+    assert f'DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)' in card.text
+    assert "class_labels=[0] * 16, guidance_scale=2.0" in card.text  # the model is class-conditional
+    assert '"learning_rate": 0.0002' in card.text and '"hub_token": "<redacted>"' in card.text
+    assert "| fid | 12.35 |" in card.text and "| bits_per_dim | 3.7 |" in card.text
+    assert "![Samples from this model](sample_grid.png)" in card.text
+
+    for path, content in uploaded.items():
+        assert TOKEN.encode() not in content, path
+    out, err = capfd.readouterr()
+    assert TOKEN not in caplog.text + out + err
+
+
+def test_the_pushed_repo_loads_from_the_hub_with_diffusers_alone_and_with_the_package(pipeline, hub, tmp_path):
+    pipeline.push_to_hub("my-org/tiny", token=TOKEN, endpoint=hub.endpoint)
+    assert hub.repo_payloads[-1] == {"name": "tiny", "organization": "my-org", "visibility": "public"}
+    expected = pipeline(generator=seeded(0), **CALL).images
+
+    loaded = ScratchDDPMPipeline.from_pretrained("my-org/tiny", endpoint=hub.endpoint, cache_dir=tmp_path / "cache")
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(loaded(generator=seeded(0), **CALL).images, expected)
+
+    # a Hub user with diffusers only (diffusers' download and remote-code loader, in a fresh interpreter)
+    report, outputs = run_without_package("my-org/tiny", tmp_path, CALL, HF_ENDPOINT=hub.endpoint)
+    assert report["package_modules"] == [] and report["classes"][0].startswith("diffusers_modules.")
+    np.testing.assert_allclose(outputs["first"], expected, atol=1e-6)
+    np.testing.assert_allclose(outputs["second"], expected, atol=1e-6)
+    assert hub.unexpected == []
+
+
+def test_upload_is_refused_when_a_file_would_contain_the_token(pipeline, hub):
+    leaky = ModelCardInfo(description=f"trained by me, token {TOKEN}")
+    with pytest.raises(ValueError, match="contains the Hub access token") as error:
+        pipeline.push_to_hub("leaky", token=TOKEN, model_card=leaky, endpoint=hub.endpoint)
+    assert TOKEN not in str(error.value)
+    assert "commit" not in [name for _, name, _ in hub.calls]
+
+
+def test_save_pretrained_can_push_and_a_default_card_says_what_is_unknown(hub, tmp_path):
+    pipe = ScratchDDPMPipeline(unet=tiny_diffusers_unet(), scheduler=scratch_scheduler())
+    pipe.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="plain", token=TOKEN, endpoint=hub.endpoint)
+    card = ModelCard(hub.files["test-user/plain"]["README.md"].decode())
+    assert card.data.datasets is None and card.data.library_name == "diffusers"
+    assert "Not recorded." in card.text and "Not measured." in card.text and "sample_grid" not in card.text
+    assert "class_labels" not in card.text  # unconditional model: plain usage snippet
+    assert "sample_grid.png" not in hub.files["test-user/plain"]
+    assert (tmp_path / "local" / "README.md").is_file()
+
+
+def test_redact_secrets_is_recursive_and_keeps_everything_else():
+    config = {"lr": 1e-3, "HF_TOKEN": "x", "nested": [{"api_key": "y", "steps": 5}], "password": "z"}
+    assert redact_secrets(config) == {
+        "lr": 1e-3,
+        "HF_TOKEN": "<redacted>",
+        "nested": [{"api_key": "<redacted>", "steps": 5}],
+        "password": "<redacted>",
+    }
+
+
+MODEL_WITH_A_HELPER = """
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+import torch
+
+from .helper import WIDTH
+
+
+class HelperUNet(ModelMixin, ConfigMixin):
+    @register_to_config
+    def __init__(self, sample_size: int = 8, in_channels: int = 1):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(WIDTH))
+
+    def forward(self, sample, timestep, class_labels=None, return_dict=True):
+        return (sample * self.scale.sum(),)
+"""
+
+
+@pytest.fixture
+def model_with_a_helper(tmp_path, monkeypatch):
+    """A model class in a package of its own whose module imports a sibling (helperpkg/model.py -> helper.py)."""
+    package = tmp_path / "helperpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helper.py").write_text("WIDTH = 2\n")
+    (package / "model.py").write_text(textwrap.dedent(MODEL_WITH_A_HELPER))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield importlib.import_module("helperpkg.model").HelperUNet()
+    for name in ("helperpkg", "helperpkg.model", "helperpkg.helper"):
+        sys.modules.pop(name, None)
+
+
+def test_a_model_whose_module_imports_siblings_is_refused_before_creating_the_repo(
+    hub, tmp_path, model_with_a_helper, caplog
+):
+    # diffusers 0.42 downloads only unet/<module>.py of a weights folder from the Hub, not its siblings
+    pipe = ScratchDDPMPipeline(unet=model_with_a_helper, scheduler=scratch_scheduler())
+    with pytest.raises(CodeLayoutError, match=r"unet/model\.py imports sibling modules \['helper\.py'\]"):
+        pipe.push_to_hub("helper", token=TOKEN, endpoint=hub.endpoint)
+    assert hub.calls == []
+
+    # a local folder is fine (diffusers copies siblings from disk), with a warning about the Hub
+    with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.hub"):
+        pipe.save_pretrained(tmp_path / "local")
+    assert (tmp_path / "local" / "unet" / "helper.py").is_file()
+    assert "imports sibling modules ['helper.py']" in caplog.text

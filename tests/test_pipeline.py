@@ -1,0 +1,256 @@
+"""ScratchDDPMPipeline sampling: parity with diffusers' pipelines, outputs, determinism, guidance, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _pipeline_fixtures import (  # noqa: F401 (single_torch_thread: autouse fixture)
+    NUM_TRAIN_TIMESTEPS,
+    ddpm_scheduler,
+    scratch_scheduler,
+    seeded,
+    single_torch_thread,
+    tiny_diffusers_unet,
+    tiny_scratch_unet,
+)
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, PNDMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from ddpm_from_scratch.pipeline import ScratchDDPMPipeline, class_conditioning, classifier_free_guidance
+
+STEPS = 4
+NUM_CLASSES = 3
+
+
+def make_pipeline(unet, scheduler) -> ScratchDDPMPipeline:
+    pipeline = ScratchDDPMPipeline(unet=unet, scheduler=scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def conditional_pipeline() -> ScratchDDPMPipeline:
+    return make_pipeline(tiny_scratch_unet(num_class_embeds=NUM_CLASSES), scratch_scheduler())
+
+
+@pytest.fixture(scope="module")
+def unconditional_pipeline() -> ScratchDDPMPipeline:
+    return make_pipeline(tiny_diffusers_unet(), ddpm_scheduler())
+
+
+# ---- parity with diffusers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("generators", ["one", "list"])
+def test_same_images_as_diffusers_ddpm_pipeline(generators):
+    unet, scheduler = tiny_diffusers_unet(), ddpm_scheduler()
+    reference = DDPMPipeline(unet=unet, scheduler=scheduler)
+    reference.set_progress_bar_config(disable=True)
+
+    def generator():
+        return seeded(7) if generators == "one" else [seeded(7), seeded(8), seeded(9)]
+
+    expected = reference(batch_size=3, generator=generator(), num_inference_steps=STEPS, output_type="np").images
+    ours = make_pipeline(unet, scheduler)(
+        batch_size=3, generator=generator(), num_inference_steps=STEPS, output_type="np"
+    )
+    np.testing.assert_array_equal(ours.images, expected)
+
+
+def test_scratch_scheduler_in_the_pipeline_matches_diffusers_ddpm_pipeline():
+    unet = tiny_diffusers_unet()
+    reference = DDPMPipeline(unet=unet, scheduler=ddpm_scheduler())
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(batch_size=2, generator=seeded(3), num_inference_steps=STEPS, output_type="np").images
+    ours = make_pipeline(unet, scratch_scheduler())(
+        batch_size=2, generator=seeded(3), num_inference_steps=STEPS, output_type="np"
+    ).images
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_same_images_as_diffusers_ddim_pipeline_with_eta():
+    unet = tiny_diffusers_unet()
+    scheduler = DDIMScheduler.from_config(ddpm_scheduler().config)
+    reference = DDIMPipeline(unet=unet, scheduler=scheduler)
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(batch_size=2, generator=seeded(5), num_inference_steps=STEPS, eta=0.5, output_type="np").images
+    ours = make_pipeline(unet, scheduler)(
+        batch_size=2, generator=seeded(5), num_inference_steps=STEPS, eta=0.5, output_type="np"
+    )
+    np.testing.assert_array_equal(ours.images, expected)
+
+
+def test_scheduler_whose_step_takes_no_generator_works_and_rejects_eta():
+    pipeline = make_pipeline(tiny_diffusers_unet(), PNDMScheduler.from_config(ddpm_scheduler().config))
+    images = pipeline(batch_size=2, generator=seeded(0), num_inference_steps=STEPS, output_type="pt").images
+    assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
+    with pytest.raises(ValueError, match="eta"):
+        pipeline(num_inference_steps=STEPS, eta=0.5)
+
+
+# ---- outputs and determinism ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels, mode", [(1, "L"), (3, "RGB")])
+def test_output_types_agree_for_grayscale_and_rgb(channels, mode):
+    pipeline = make_pipeline(tiny_diffusers_unet(in_channels=channels), ddpm_scheduler())
+
+    def run(output_type):
+        return pipeline(batch_size=2, generator=seeded(1), num_inference_steps=STEPS, output_type=output_type).images
+
+    pt, np_images, pil = run("pt"), run("np"), run("pil")
+    assert pt.shape == (2, channels, 8, 8) and 0 <= pt.min() and pt.max() <= 1
+    assert np_images.shape == (2, 8, 8, channels) and np_images.dtype == np.float32
+    np.testing.assert_array_equal(np_images, pt.permute(0, 2, 3, 1).numpy())
+    assert [image.mode for image in pil] == [mode, mode] and pil[0].size == (8, 8)
+    as_uint8 = (np_images * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(pil[1]).reshape(8, 8, channels), as_uint8[1])
+    assert isinstance(pipeline(num_inference_steps=1, return_dict=False), tuple)
+
+
+def test_same_generator_same_images_and_list_of_generators_is_per_image(unconditional_pipeline):
+    def run(generator, batch_size):
+        return unconditional_pipeline(
+            batch_size=batch_size, generator=generator, num_inference_steps=STEPS, output_type="pt"
+        ).images
+
+    torch.testing.assert_close(run(seeded(11), 2), run(seeded(11), 2), rtol=0, atol=0)
+    assert not torch.allclose(run(seeded(11), 2), run(seeded(12), 2))
+    batch = run([seeded(21), seeded(22), seeded(23)], 3)
+    for index, seed in enumerate([21, 22, 23]):
+        torch.testing.assert_close(batch[index : index + 1], run([seeded(seed)], 1), rtol=0, atol=1e-5)
+
+
+def test_progress_bar_counts_the_steps_and_can_be_turned_off(capsys):
+    pipeline = ScratchDDPMPipeline(unet=tiny_diffusers_unet(), scheduler=ddpm_scheduler())
+    pipeline(num_inference_steps=STEPS)
+    assert f"{STEPS}/{STEPS}" in capsys.readouterr().err
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline(num_inference_steps=STEPS)
+    assert f"{STEPS}/{STEPS}" not in capsys.readouterr().err
+
+
+# ---- classifier-free guidance ---------------------------------------------------------------------
+
+
+def test_classifier_free_guidance_formula():
+    uncond, cond = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.0])
+    torch.testing.assert_close(classifier_free_guidance(uncond, cond, 0.0), uncond)
+    torch.testing.assert_close(classifier_free_guidance(uncond, cond, 1.0), cond)
+    torch.testing.assert_close(classifier_free_guidance(uncond, cond, 3.0), torch.tensor([7.0, 4.0]))
+
+
+def test_class_conditioning_of_both_unets():
+    assert class_conditioning(tiny_scratch_unet()) is None
+    assert class_conditioning(tiny_scratch_unet(num_class_embeds=10)) == (10, 10)
+    assert class_conditioning(tiny_diffusers_unet()) is None
+    # diffusers' table has num_class_embeds rows; the last one is the null class
+    assert class_conditioning(tiny_diffusers_unet(num_class_embeds=11)) == (10, 10)
+
+
+def test_guidance_is_one_batched_unet_call_per_step(conditional_pipeline):
+    calls = []
+    hook = conditional_pipeline.unet.register_forward_hook(
+        lambda module, args, kwargs, output: calls.append((args[0].shape[0], kwargs["class_labels"].tolist())),
+        with_kwargs=True,
+    )
+    try:
+        conditional_pipeline(batch_size=2, class_labels=[0, 2], guidance_scale=3.0, num_inference_steps=STEPS)
+    finally:
+        hook.remove()
+    null = NUM_CLASSES
+    assert calls == [(4, [0, 2, null, null])] * STEPS
+
+
+def test_guided_samples_match_separately_computed_predictions(conditional_pipeline):
+    unet, w, labels = conditional_pipeline.unet, 2.5, torch.tensor([1, 0])
+    null_labels = torch.full((2,), unet.null_class_label)
+    scheduler = scratch_scheduler()
+    scheduler.set_timesteps(STEPS)
+    generator = seeded(4)
+    sample = randn_tensor((2, 1, 8, 8), generator=generator)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps_cond = unet(sample, t, class_labels=labels).sample
+            eps_uncond = unet(sample, t, class_labels=null_labels).sample
+            eps = eps_uncond + w * (eps_cond - eps_uncond)
+            sample = scheduler.step(eps, t, sample, generator=generator).prev_sample
+    expected = (sample / 2 + 0.5).clamp(0, 1)
+    images = conditional_pipeline(
+        batch_size=2,
+        generator=seeded(4),
+        class_labels=labels,
+        guidance_scale=w,
+        num_inference_steps=STEPS,
+        output_type="pt",
+    ).images
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-5)
+
+
+def test_guidance_scale_one_is_conditional_zero_and_no_labels_are_unconditional(conditional_pipeline):
+    def run(**kwargs):
+        return conditional_pipeline(
+            batch_size=2, generator=seeded(9), num_inference_steps=STEPS, output_type="pt", **kwargs
+        ).images
+
+    conditional = run(class_labels=[1, 1])
+    torch.testing.assert_close(run(class_labels=[1, 1], guidance_scale=1.0), conditional, rtol=0, atol=0)
+    unconditional = run()
+    torch.testing.assert_close(run(class_labels=[1, 1], guidance_scale=0.0), unconditional, rtol=0, atol=1e-5)
+    assert not torch.allclose(conditional, unconditional, atol=1e-3)
+    assert not torch.allclose(run(class_labels=1), run(class_labels=2), atol=1e-3)
+    torch.testing.assert_close(run(class_labels=1), conditional, rtol=0, atol=0)  # an int means every image
+
+
+def test_diffusers_class_conditional_unet_uses_its_last_class_as_null():
+    pipeline = make_pipeline(tiny_diffusers_unet(num_class_embeds=NUM_CLASSES + 1), ddpm_scheduler())
+    images = pipeline(batch_size=3, class_labels=[0, 1, 2], guidance_scale=2.0, num_inference_steps=2, output_type="pt")
+    assert torch.isfinite(images.images).all()
+    with pytest.raises(ValueError, match=r"class_labels must be in \[0, 3\)"):
+        pipeline(class_labels=NUM_CLASSES, num_inference_steps=2)
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make_scheduler", [ddpm_scheduler, scratch_scheduler], ids=["diffusers", "scratch"])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=-2), "batch_size"),
+        (dict(batch_size=1.5), "batch_size"),
+        (dict(batch_size=True), "batch_size"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(num_inference_steps=NUM_TRAIN_TIMESTEPS + 1), "num_inference_steps"),
+        (dict(num_inference_steps=2.0), "num_inference_steps"),
+        (dict(output_type="jpg"), "output_type"),
+        (dict(batch_size=2, generator=[seeded(0)] * 3), "generator"),
+        (dict(class_labels=0), "unconditional"),
+        (dict(guidance_scale=2.0), "unconditional"),
+        (dict(eta=0.5), "eta"),
+    ],
+)
+def test_bad_arguments_raise_value_errors(make_scheduler, kwargs, match):
+    pipeline = make_pipeline(tiny_diffusers_unet(), make_scheduler())
+    with pytest.raises(ValueError, match=match):
+        pipeline(**{"num_inference_steps": STEPS, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(class_labels=NUM_CLASSES), r"class_labels must be in \[0, 3\)"),  # the null class is not a class
+        (dict(class_labels=-1), "class_labels"),
+        (dict(class_labels=[0, 1, 2]), "batch_size=2"),
+        (dict(class_labels=[0.0, 1.0]), "integers"),
+        (dict(class_labels=[[0], [1]]), "class_labels"),
+        (dict(guidance_scale=2.0), "guidance_scale needs class_labels"),
+        (dict(class_labels=[0, 1], guidance_scale=-1.0), "guidance_scale"),
+        (dict(class_labels=[0, 1], guidance_scale=float("nan")), "guidance_scale"),
+    ],
+)
+def test_bad_class_labels_and_guidance_raise_value_errors(conditional_pipeline, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        conditional_pipeline(batch_size=2, num_inference_steps=STEPS, **kwargs)

@@ -1,0 +1,369 @@
+"""Saving and loading: diffusers' custom-code layout, loading with and without the package, round trips,
+safetensors only, and clear errors for broken folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _pipeline_fixtures import (  # noqa: F401 (single_torch_thread: autouse fixture)
+    ddpm_scheduler,
+    isolated_remote_code_cache,
+    run_without_package,
+    scratch_scheduler,
+    seeded,
+    single_torch_thread,
+    tiny_diffusers_unet,
+    tiny_scratch_unet,
+)
+from diffusers import DDIMScheduler, DDPMPipeline, DiffusionPipeline
+from safetensors.torch import load_file
+
+import ddpm_from_scratch
+from ddpm_from_scratch.hub import CodeLayoutError, code_closure, relative_imports
+from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
+from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
+from ddpm_from_scratch.unet import ScratchUNet2DModel
+
+PACKAGE_DIR = Path(ddpm_from_scratch.__file__).parent
+STEPS = 3
+CALL = dict(batch_size=2, class_labels=[0, 2], guidance_scale=2.0, num_inference_steps=STEPS, output_type="np")
+CODE_FILES = {
+    "pipeline.py": "pipeline.py",
+    "hub.py": "hub.py",
+    "unet/unet.py": "unet.py",
+    "scheduler/scheduler.py": "scheduler.py",
+    "scheduler/beta_schedules.py": "beta_schedules.py",
+    "scheduler/diffusion_math.py": "diffusion_math.py",
+    "scheduler/tensor_utils.py": "tensor_utils.py",
+}
+
+
+def files_in(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def sample(pipeline) -> np.ndarray:
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline(generator=seeded(0), **CALL).images
+
+
+@pytest.fixture(scope="module")
+def original() -> ScratchDDPMPipeline:
+    pipeline = ScratchDDPMPipeline(unet=tiny_scratch_unet(num_class_embeds=3), scheduler=scratch_scheduler())
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def expected_images(original) -> np.ndarray:
+    return sample(original)
+
+
+@pytest.fixture(scope="module")
+def saved(original, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("saved") / "tiny-ddpm"
+    original.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def saved_copy(saved, tmp_path) -> Path:
+    return Path(shutil.copytree(saved, tmp_path / "copy"))
+
+
+@pytest.fixture(scope="module")
+def remote_code_cache(tmp_path_factory):
+    with isolated_remote_code_cache(tmp_path_factory.mktemp("hf_modules")):
+        yield
+
+
+# ---- layout -----------------------------------------------------------------------------------------
+
+
+def test_layout_is_diffusers_custom_code_layout(saved):
+    assert files_in(saved) == set(CODE_FILES) | {
+        "model_index.json",
+        "README.md",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    }
+    index = json.loads((saved / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline", "ScratchDDPMPipeline"]
+    assert index["unet"] == ["unet", "ScratchUNet2DModel"]
+    assert index["scheduler"] == ["scheduler", "ScratchDDPMScheduler"]
+    for saved_name, package_name in CODE_FILES.items():
+        assert (saved / saved_name).read_bytes() == (PACKAGE_DIR / package_name).read_bytes(), saved_name
+    assert load_file(saved / "unet/diffusion_pytorch_model.safetensors")  # a real safetensors file
+
+
+def test_diffusers_components_are_recorded_as_diffusers_classes(tmp_path):
+    pipeline = ScratchDDPMPipeline(
+        unet=tiny_diffusers_unet(), scheduler=DDIMScheduler.from_config(ddpm_scheduler().config)
+    )
+    pipeline.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DModel"] and index["scheduler"] == ["diffusers", "DDIMScheduler"]
+    assert not list((tmp_path / "unet").glob("*.py")) and not list((tmp_path / "scheduler").glob("*.py"))
+    loaded = ScratchDDPMPipeline.from_pretrained(tmp_path)
+    assert type(loaded.scheduler) is DDIMScheduler
+
+
+# ---- loading ------------------------------------------------------------------------------------------
+
+
+def test_scratch_from_pretrained_uses_the_package_and_gives_the_same_images(saved, expected_images):
+    loaded = ScratchDDPMPipeline.from_pretrained(saved)
+    assert type(loaded.unet) is ScratchUNet2DModel and type(loaded.scheduler) is ScratchDDPMScheduler
+    np.testing.assert_array_equal(sample(loaded), expected_images)
+    assert loaded.name_or_path == str(saved)
+
+
+def test_diffusion_pipeline_loads_the_shipped_code_and_round_trips(saved, expected_images, tmp_path, remote_code_cache):
+    loaded = DiffusionPipeline.from_pretrained(saved, trust_remote_code=True)
+    assert type(loaded).__name__ == "ScratchDDPMPipeline"
+    for component in (loaded, loaded.unet, loaded.scheduler):
+        assert type(component).__module__.startswith("diffusers_modules."), type(component)
+    np.testing.assert_array_equal(sample(loaded), expected_images)
+
+    # a pipeline built from the shipped code saves its code again (diffusers' own save would drop it)
+    loaded.save_pretrained(tmp_path / "again")
+    for saved_name in CODE_FILES:
+        assert (tmp_path / "again" / saved_name).read_bytes() == (saved / saved_name).read_bytes(), saved_name
+    reloaded = DiffusionPipeline.from_pretrained(tmp_path / "again", trust_remote_code=True)
+    np.testing.assert_array_equal(sample(reloaded), expected_images)
+    np.testing.assert_array_equal(sample(ScratchDDPMPipeline.from_pretrained(tmp_path / "again")), expected_images)
+
+
+def test_diffusion_pipeline_with_diffusers_components_loads(tmp_path, remote_code_cache):
+    pipeline = ScratchDDPMPipeline(unet=tiny_diffusers_unet(), scheduler=ddpm_scheduler())
+    pipeline.save_pretrained(tmp_path)
+    loaded = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(loaded).__module__.startswith("diffusers_modules.")
+    kwargs = dict(batch_size=2, num_inference_steps=STEPS, output_type="np")
+    pipeline.set_progress_bar_config(disable=True)
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(
+        loaded(generator=seeded(1), **kwargs).images, pipeline(generator=seeded(1), **kwargs).images
+    )
+
+
+def test_diffusion_pipeline_without_trust_remote_code_is_refused(saved):
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        DiffusionPipeline.from_pretrained(saved)
+
+
+def test_package_round_trips_keep_code_and_images(saved, expected_images, tmp_path):
+    folder = saved
+    for round_trip in range(2):
+        loaded = ScratchDDPMPipeline.from_pretrained(folder)
+        folder = tmp_path / f"round{round_trip}"
+        loaded.save_pretrained(folder)
+        assert set(CODE_FILES) <= files_in(folder)
+    np.testing.assert_array_equal(sample(ScratchDDPMPipeline.from_pretrained(folder)), expected_images)
+
+
+def test_loads_and_samples_where_the_package_is_not_importable(saved, expected_images, tmp_path):
+    report, outputs = run_without_package(str(saved), tmp_path, CALL)
+    assert all(module.startswith("diffusers_modules.") for module in report["classes"]), report
+    assert report["package_modules"] == []
+    np.testing.assert_allclose(outputs["first"], expected_images, atol=1e-6)
+    np.testing.assert_allclose(outputs["second"], expected_images, atol=1e-6)  # after a re-save without the package
+    assert set(CODE_FILES) <= files_in(tmp_path / "resaved")
+
+
+def test_passed_components_replace_saved_ones_and_unknown_kwargs_are_refused(saved):
+    loaded = ScratchDDPMPipeline.from_pretrained(saved, scheduler=DDIMScheduler(num_train_timesteps=50))
+    assert type(loaded.scheduler) is DDIMScheduler and type(loaded.unet) is ScratchUNet2DModel
+    with pytest.raises(ValueError, match="unexpected keyword arguments.*not_an_option"):
+        ScratchDDPMPipeline.from_pretrained(saved, not_an_option=1)
+
+
+# ---- saving over an existing folder -------------------------------------------------------------------------
+
+
+def test_saving_into_a_used_folder_keeps_other_files_and_drops_stale_weights(original, tmp_path):
+    target = tmp_path / "run"
+    (target / "checkpoints").mkdir(parents=True)
+    (target / "checkpoints" / "step-100.txt").write_text("training state")
+    (target / "README.md").write_text("my own notes")
+    (target / "unet").mkdir()
+    for stale in (
+        "diffusion_pytorch_model.bin",
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "diffusion_pytorch_model.safetensors.index.json",
+    ):
+        (target / "unet" / stale).write_bytes(b"old")
+
+    original.save_pretrained(target)
+    assert (target / "checkpoints" / "step-100.txt").read_text() == "training state"
+    assert (target / "README.md").read_text() == "my own notes"  # no card given: keep the user's
+    assert {p.name for p in (target / "unet").iterdir()} == {
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "unet.py",
+    }
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left behind
+    ScratchDDPMPipeline.from_pretrained(target)
+
+    from ddpm_from_scratch.hub import ModelCardInfo
+
+    original.save_pretrained(target, model_card=ModelCardInfo(dataset="digits"))
+    assert "digits" in (target / "README.md").read_text()
+
+
+def test_a_variant_is_saved_next_to_the_main_weights_and_loaded_by_name(original, saved_copy):
+    original.save_pretrained(saved_copy, variant="fp16")
+    assert {p.name for p in (saved_copy / "unet").glob("*.safetensors")} == {
+        "diffusion_pytorch_model.safetensors",  # another variant's weights are kept
+        "diffusion_pytorch_model.fp16.safetensors",
+    }
+    assert type(ScratchDDPMPipeline.from_pretrained(saved_copy, variant="fp16").unet) is ScratchUNet2DModel
+    (saved_copy / "unet" / "diffusion_pytorch_model.fp16.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"diffusion_pytorch_model\.fp16\.safetensors"):
+        ScratchDDPMPipeline.from_pretrained(saved_copy, variant="fp16")
+
+
+# ---- safetensors only -------------------------------------------------------------------------------------------
+
+
+def test_weights_are_safetensors_only_and_loading_never_unpickles(original, saved, saved_copy, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="safe_serialization"):
+        original.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    with pytest.raises(ValueError, match="use_safetensors"):
+        ScratchDDPMPipeline.from_pretrained(saved, use_safetensors=False)
+
+    unpickled = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: unpickled.append(a) or real_load(*a, **k))
+    ScratchDDPMPipeline.from_pretrained(saved)
+
+    # a folder with only a pickle checkpoint is refused, and the pickle is not opened
+    weights = saved_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), saved_copy / "unet" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match=r"diffusion_pytorch_model\.safetensors.*diffusion_pytorch_model\.bin"):
+        ScratchDDPMPipeline.from_pretrained(saved_copy)
+    assert unpickled == []
+
+
+# ---- broken folders ---------------------------------------------------------------------------------------------
+
+
+def _write_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _drop_key(path: Path, key: str) -> None:
+    data = json.loads(path.read_text())
+    del data[key]
+    path.write_text(json.dumps(data))
+
+
+BREAKAGES = {
+    "no model_index": (lambda f: (f / "model_index.json").unlink(), FileNotFoundError, r"model_index\.json"),
+    "corrupt model_index": (
+        lambda f: (f / "model_index.json").write_text("{not json"),
+        ValueError,
+        r"model_index\.json.*not valid JSON",
+    ),
+    "other pipeline class": (
+        lambda f: _write_json(f / "model_index.json", _class_name="DDPMPipeline"),
+        ValueError,
+        r"model_index\.json.*'DDPMPipeline'",
+    ),
+    "no unet entry": (lambda f: _drop_key(f / "model_index.json", "unet"), ValueError, r"model_index\.json.*'unet'"),
+    "module outside the package": (
+        lambda f: _write_json(f / "model_index.json", unet=["evil", "Evil"]),
+        ValueError,
+        r"model_index\.json.*'evil' is not part of",
+    ),
+    "no scheduler folder": (lambda f: shutil.rmtree(f / "scheduler"), FileNotFoundError, r"scheduler.*is missing"),
+    "no unet config": (lambda f: (f / "unet" / "config.json").unlink(), FileNotFoundError, r"unet/config\.json"),
+    "no weights": (
+        lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors").unlink(),
+        FileNotFoundError,
+        r"unet/diffusion_pytorch_model\.safetensors",
+    ),
+    "garbage weights": (
+        lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00garbage" * 10),
+        OSError,
+        r"unet/diffusion_pytorch_model\.safetensors",
+    ),
+    "truncated weights": (
+        lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(
+            (f / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()[:200]
+        ),
+        OSError,
+        r"unet/diffusion_pytorch_model\.safetensors",
+    ),
+    "unet config of another class": (
+        lambda f: _write_json(f / "unet" / "config.json", _class_name="UNet2DModel"),
+        ValueError,
+        r"unet/config\.json.*'UNet2DModel'",
+    ),
+    "scheduler config of another class": (
+        lambda f: _write_json(f / "scheduler" / "scheduler_config.json", _class_name="DDIMScheduler"),
+        ValueError,
+        r"scheduler/scheduler_config\.json.*'DDIMScheduler'",
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_broken_folders_give_errors_naming_the_file(saved_copy, breakage):
+    break_folder, error, match = BREAKAGES[breakage]
+    break_folder(saved_copy)
+    with pytest.raises(error, match=match):
+        ScratchDDPMPipeline.from_pretrained(saved_copy)
+
+
+def test_a_plain_diffusers_pipeline_folder_is_refused_by_name(tmp_path):
+    DDPMPipeline(unet=tiny_diffusers_unet(), scheduler=ddpm_scheduler()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"model_index\.json describes a 'DDPMPipeline' pipeline"):
+        ScratchDDPMPipeline.from_pretrained(tmp_path)
+
+
+# ---- what may be shipped as remote code ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source, match",
+    [
+        ("from . import tensor_utils\n", "single-dot"),
+        ("from ..tensor_utils import append_dims\n", "single-dot"),
+        ("from .sub.module import x\n", "single-dot"),
+        ("import ddpm_from_scratch.unet\n", "absolute import of 'ddpm_from_scratch'"),
+        ("from ddpm_from_scratch.unet import ScratchUNet2DModel\n", "absolute import"),
+        ("def f():\n    from ddpm_from_scratch import unet\n", "absolute import"),
+    ],
+)
+def test_imports_diffusers_cannot_follow_are_refused(source, match):
+    with pytest.raises(CodeLayoutError, match=match):
+        relative_imports(source, "module.py", "ddpm_from_scratch")
+
+
+def test_closure_follows_single_dot_imports_and_what_diffusers_reads_in_text(tmp_path):
+    assert relative_imports("import torch\nfrom .a import b\nif True:\n    from .c import d\n", "m.py", "pkg") == [
+        "a",
+        "c",
+    ]
+    closure = code_closure(PACKAGE_DIR / "scheduler.py", "ddpm_from_scratch")
+    assert sorted(p.name for p in closure) == [
+        "beta_schedules.py",
+        "diffusion_math.py",
+        "scheduler.py",
+        "tensor_utils.py",
+    ]
+    assert [p.name for p in code_closure(PACKAGE_DIR / "unet.py", "ddpm_from_scratch")] == ["unet.py"]
+    # diffusers' loader scans text, so an import-looking docstring line needs its file too
+    (tmp_path / "m.py").write_text('"""Example:\nfrom .ghost import thing\n"""\n')
+    with pytest.raises(CodeLayoutError, match="ghost"):
+        code_closure(tmp_path / "m.py", "pkg")
