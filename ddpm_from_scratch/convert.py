@@ -1,0 +1,283 @@
+"""Convert a diffusers `UNet2DModel` in the DDPM layout into a `ScratchUNet2DModel` computing the same function.
+
+The DDPM layout is the one of the published DDPM checkpoints (google/ddpm-cifar10-32,
+google/ddpm-celebahq-256, ...): positional time embedding with sin-then-cos and freq_shift=1, "SAME"
+down-sampling (downsample_padding=0), plain DownBlock2D/AttnDownBlock2D levels, UNetMidBlock2D with
+attention, SiLU, no scale-shift norm. Anything else is refused with a ValueError naming the config key.
+
+Weights map one to one, except attention: diffusers' separate to_q/to_k/to_v linears become one fused
+linear (`qkv`, output rows [q | k | v]). A class-conditional
+model gains one zero row in its class table: the null class used for classifier-free guidance.
+
+Command line (a local diffusers model folder, or a pipeline folder with a `unet/` subfolder, or a Hub id):
+    python -m ddpm_from_scratch.convert google/ddpm-cifar10-32 ./ddpm-cifar10-32-scratch
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .unet import ScratchUNet2DModel
+
+# diffusers config key -> the value the DDPM layout needs (missing keys take UNet2DModel's defaults)
+_REQUIRED_DIFFUSERS_CONFIG = {
+    "time_embedding_type": "positional",
+    "flip_sin_to_cos": False,  # sin first, then cos: the paper's embedding
+    "freq_shift": 1,  # frequencies max_period^(-i / (half - 1)): the paper's embedding
+    "center_input_sample": False,
+    "act_fn": "silu",
+    "mid_block_type": "UNetMidBlock2D",
+    "add_attention": True,
+    "mid_block_scale_factor": 1,
+    "downsample_padding": 0,  # TF "SAME": pad (0, 1, 0, 1) before the stride-2 conv
+    "downsample_type": "conv",
+    "upsample_type": "conv",
+    "resnet_time_scale_shift": "default",
+    "class_embed_type": None,
+}
+
+# old diffusers attention parameter names (checkpoints saved before the Attention refactor)
+_LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+# per-block parameter renames: diffusers name -> ScratchUNet2DModel name
+_RESNET_NAMES = {
+    "norm1": "norm1",
+    "conv1": "conv1",
+    "time_emb_proj": "time_proj",
+    "norm2": "norm2",
+    "conv2": "conv2",
+    "conv_shortcut": "skip",
+}
+_TOP_LEVEL_NAMES = {
+    "time_embedding.linear_1": "time_embed.fc_in",
+    "time_embedding.linear_2": "time_embed.fc_out",
+    "conv_in": "conv_in",
+    "conv_norm_out": "norm_out",
+    "conv_out": "conv_out",
+}
+
+
+def _unet2d_defaults() -> dict[str, Any]:
+    from diffusers import UNet2DModel
+
+    params = inspect.signature(UNet2DModel.__init__).parameters
+    return {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def _attention_levels(block_types: list[str], plain: str, attn: str, key: str) -> list[bool]:
+    levels = []
+    for block_type in block_types:
+        if block_type not in (plain, attn):
+            raise ValueError(f"{key} may contain only {plain!r} and {attn!r} in the DDPM layout, got {block_type!r}")
+        levels.append(block_type == attn)
+    return levels
+
+
+def scratch_config_from_diffusers(config: Mapping[str, Any], sample_size: int | tuple[int, int] | None = None) -> dict[str, Any]:
+    """The `ScratchUNet2DModel` config equivalent to a diffusers `UNet2DModel` config (DDPM layout only)."""
+    full = {**_unet2d_defaults(), **{k: v for k, v in config.items() if not k.startswith("_")}}
+    for key, required in _REQUIRED_DIFFUSERS_CONFIG.items():
+        if full[key] != required:
+            raise ValueError(f"config {key}={full[key]!r} is not the DDPM layout; it must be {required!r}")
+    attn_groups = full.get("attn_norm_num_groups")
+    if attn_groups not in (None, full["norm_num_groups"]):
+        raise ValueError(f"config attn_norm_num_groups={attn_groups!r} must be None or equal norm_num_groups")
+    if full["norm_num_groups"] is None:
+        raise ValueError("config norm_num_groups=None is not supported; it must be an int")
+
+    down = _attention_levels(list(full["down_block_types"]), "DownBlock2D", "AttnDownBlock2D", "down_block_types")
+    up = _attention_levels(list(full["up_block_types"]), "UpBlock2D", "AttnUpBlock2D", "up_block_types")
+    channels = tuple(full["block_out_channels"])
+    if not len(down) == len(up) == len(channels):
+        raise ValueError("down_block_types, up_block_types and block_out_channels must have the same length")
+    if down != up[::-1]:
+        raise ValueError(
+            f"attention must sit at the same resolutions on both paths: down_block_types {full['down_block_types']} "
+            f"vs up_block_types {full['up_block_types']}"
+        )
+
+    size = sample_size if sample_size is not None else full["sample_size"]
+    if size is None:
+        raise ValueError("the diffusers config has sample_size=None; pass sample_size=")
+    height = size if isinstance(size, int) else size[0]
+    attention_resolutions = tuple(height // 2**i for i, has_attn in enumerate(down) if has_attn)
+    return dict(
+        sample_size=size if isinstance(size, int) else tuple(size),
+        in_channels=full["in_channels"],
+        out_channels=full["out_channels"],
+        block_out_channels=channels,
+        layers_per_block=full["layers_per_block"],
+        attention_resolutions=attention_resolutions,
+        attention_head_dim=full["attention_head_dim"],
+        dropout=full["dropout"],
+        norm_num_groups=full["norm_num_groups"],
+        norm_eps=full["norm_eps"],
+        num_class_embeds=full["num_class_embeds"],
+        time_embedding_dim=full["time_embedding_dim"],
+    )
+
+
+def diffusers_config_from_scratch(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The diffusers `UNet2DModel` config (DDPM layout) of the same network as a `ScratchUNet2DModel` config.
+
+    Used to build the diffusers equivalent of a preset (tests, benchmarks). A class-conditional model
+    maps to `num_class_embeds` rows in diffusers, i.e. without the null class row.
+    """
+    full = {**_scratch_defaults(), **{k: v for k, v in config.items() if not k.startswith("_")}}
+    channels = tuple(full["block_out_channels"])
+    size = full["sample_size"]
+    height = size if isinstance(size, int) else size[0]
+    with_attention = [height // 2**i in tuple(full["attention_resolutions"]) for i in range(len(channels))]
+    return dict(
+        sample_size=size,
+        in_channels=full["in_channels"],
+        out_channels=full["out_channels"],
+        block_out_channels=channels,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in with_attention),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(with_attention)),
+        layers_per_block=full["layers_per_block"],
+        attention_head_dim=full["attention_head_dim"],
+        dropout=full["dropout"],
+        norm_num_groups=full["norm_num_groups"],
+        norm_eps=full["norm_eps"],
+        num_class_embeds=full["num_class_embeds"],
+        time_embedding_dim=full["time_embedding_dim"],
+        **_REQUIRED_DIFFUSERS_CONFIG,
+    )
+
+
+def _scratch_defaults() -> dict[str, Any]:
+    params = inspect.signature(ScratchUNet2DModel.__init__).parameters
+    return {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def _rename(key: str) -> str:
+    """diffusers parameter name -> ScratchUNet2DModel name (attention q/k/v keep a marker, fused later)."""
+    for old, new in _TOP_LEVEL_NAMES.items():
+        if key.startswith(old + "."):
+            return new + key[len(old) :]
+    m = re.fullmatch(r"(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.+)", key)
+    if m:
+        path, level, kind, index, rest = m.groups()
+        prefix = f"{'down' if path == 'down_blocks' else 'up'}_levels.{level}"
+        if kind in ("downsamplers", "upsamplers"):
+            return f"{prefix}.resample.{rest}"
+        if kind == "resnets":
+            return f"{prefix}.res_blocks.{index}.{_rename_resnet(rest, key)}"
+        return f"{prefix}.attn_blocks.{index}.{rest}"
+    m = re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)", key)
+    if m:
+        kind, index, rest = m.groups()
+        if kind == "resnets":
+            return f"{('mid_res_in', 'mid_res_out')[int(index)]}.{_rename_resnet(rest, key)}"
+        return f"mid_attn.{rest}"
+    raise ValueError(f"state dict key {key!r} is not part of the DDPM UNet2DModel layout")
+
+
+def _rename_resnet(rest: str, key: str) -> str:
+    module, _, param = rest.partition(".")
+    if module not in _RESNET_NAMES:
+        raise ValueError(f"state dict key {key!r} is not part of the DDPM UNet2DModel layout")
+    return f"{_RESNET_NAMES[module]}.{param}"
+
+
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a diffusers DDPM `UNet2DModel` state dict onto `ScratchUNet2DModel` parameter names and shapes."""
+    converted: dict[str, torch.Tensor] = {}
+    qkv_parts: dict[str, dict[str, torch.Tensor]] = {}  # "<attn prefix>.<weight|bias>" -> {"to_q": ...}
+    for key, value in state_dict.items():
+        for legacy, modern in _LEGACY_ATTENTION_NAMES.items():
+            key = re.sub(rf"(attentions\.\d+)\.{legacy}\.", rf"\1.{modern}.", key)
+        if key == "class_embedding.weight":
+            # one extra zero row: the null class of classifier-free guidance adds nothing to temb
+            converted["class_embed.weight"] = torch.cat([value, value.new_zeros(1, value.shape[1])])
+            continue
+        new_key = _rename(key)
+        m = re.fullmatch(r"(.+)\.(to_q|to_k|to_v)\.(weight|bias)", new_key)
+        if m:
+            prefix, proj, param = m.groups()
+            qkv_parts.setdefault(f"{prefix}.{param}", {})[proj] = value
+            continue
+        converted[new_key.replace(".to_out.0.", ".proj_out.").replace(".group_norm.", ".norm.")] = value
+    for name, parts in qkv_parts.items():
+        if set(parts) != {"to_q", "to_k", "to_v"}:
+            raise ValueError(f"attention {name} has only {sorted(parts)}; to_q, to_k and to_v are all needed")
+        prefix, param = name.rsplit(".", 1)
+        converted[f"{prefix}.qkv.{param}"] = torch.cat([parts["to_q"], parts["to_k"], parts["to_v"]])
+    return converted
+
+
+def convert_diffusers_unet(
+    unet: Any,
+    config: Mapping[str, Any] | None = None,
+    sample_size: int | tuple[int, int] | None = None,
+) -> ScratchUNet2DModel:
+    """Build a `ScratchUNet2DModel` equal (as a function) to a diffusers DDPM `UNet2DModel`.
+
+    unet: a `UNet2DModel`, or its state dict (then `config`, the UNet2DModel config dict, is required).
+    The result has the source's dtype and is in eval mode.
+    """
+    if isinstance(unet, Mapping):
+        if config is None:
+            raise ValueError("config is required when unet is a state dict")
+        state_dict = unet
+    elif isinstance(unet, torch.nn.Module) and hasattr(unet, "config"):
+        state_dict = unet.state_dict()
+        config = unet.config if config is None else config
+    else:
+        raise ValueError(f"unet must be a diffusers UNet2DModel or its state dict, got {type(unet).__name__}")
+    scratch_config = scratch_config_from_diffusers(config, sample_size=sample_size)
+    converted = convert_state_dict(state_dict)
+
+    model = ScratchUNet2DModel(**scratch_config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(converted))
+    unexpected = sorted(set(converted) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"state dict does not match the config: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    wrong_shape = [k for k in expected if expected[k].shape != converted[k].shape]
+    if wrong_shape:
+        k = wrong_shape[0]
+        raise ValueError(
+            f"state dict shapes do not match the config, e.g. {k}: {tuple(converted[k].shape)} vs {tuple(expected[k].shape)}"
+        )
+    dtype = next(iter(state_dict.values())).dtype
+    model.load_state_dict(converted)
+    if dtype != model.dtype:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", help="diffusers UNet2DModel folder, pipeline folder with unet/, or Hub id")
+    parser.add_argument("output", help="folder to write the ScratchUNet2DModel to (save_pretrained)")
+    parser.add_argument("--subfolder", default=None, help="subfolder of source holding the UNet (default: auto)")
+    args = parser.parse_args(argv)
+
+    from diffusers import UNet2DModel
+
+    if args.subfolder is not None:
+        source = UNet2DModel.from_pretrained(args.source, subfolder=args.subfolder)
+    elif os.path.isdir(args.source):
+        has_unet_folder = os.path.isdir(os.path.join(args.source, "unet"))
+        source = UNet2DModel.from_pretrained(args.source, subfolder="unet" if has_unet_folder else None)
+    else:  # a Hub id: pipelines keep the model in unet/, model repos at the root
+        try:
+            source = UNet2DModel.from_pretrained(args.source, subfolder="unet")
+        except OSError:
+            source = UNet2DModel.from_pretrained(args.source)
+    model = convert_diffusers_unet(source)
+    model.save_pretrained(args.output)
+    print(f"wrote {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

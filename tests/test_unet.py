@@ -1,0 +1,311 @@
+"""ScratchUNet2DModel: presets, forward contract, conditioning, errors and diffusers model features.
+
+Parity with diffusers' UNet2DModel (same function on random weights) is in test_unet_convert.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from _unet_fixtures import DIFFUSERS_CIFAR10_CONFIG
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from ddpm_from_scratch.unet import (
+    UNET_PRESETS,
+    ScratchUNet2DModel,
+    ScratchUNet2DOutput,
+    sinusoidal_timestep_embedding,
+)
+
+TINY = dict(
+    sample_size=8,
+    in_channels=2,
+    out_channels=2,
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    attention_resolutions=(4,),
+    norm_num_groups=4,
+    dropout=0.0,
+)
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Perturb every parameter: the paper's zero init would make many outputs and gradients trivially 0."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def tiny(**overrides) -> ScratchUNet2DModel:
+    torch.manual_seed(0)
+    return randomize_(ScratchUNet2DModel(**{**TINY, **overrides})).eval()
+
+
+def num_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- presets
+
+
+def test_cifar10_preset_has_the_parameter_count_of_diffusers_ddpm_unet():
+    with torch.device("meta"):  # no memory, no init cost
+        ours = ScratchUNet2DModel.from_preset("cifar10")
+        theirs = UNet2DModel(**DIFFUSERS_CIFAR10_CONFIG)
+    assert num_params(ours) == num_params(theirs) == 35_746_307
+
+
+def test_cifar10_preset_is_the_paper_model():
+    cfg = UNET_PRESETS["cifar10"]
+    assert cfg["block_out_channels"] == (128, 256, 256, 256)  # ch=128, mult (1, 2, 2, 2)
+    assert cfg["layers_per_block"] == 2 and cfg["attention_resolutions"] == (16,) and cfg["dropout"] == 0.1
+    assert (cfg["sample_size"], cfg["in_channels"], cfg["out_channels"]) == (32, 3, 3)
+
+
+def test_digits_preset_is_small_and_runs_on_8x8_grey_images():
+    model = ScratchUNet2DModel.from_preset("digits")
+    assert 0.5e6 <= num_params(model) <= 2e6
+    out = model(torch.randn(3, 1, 8, 8), torch.tensor([0, 10, 999])).sample
+    assert out.shape == (3, 1, 8, 8)
+
+
+def test_from_preset_overrides_and_rejects_unknown_names():
+    model = ScratchUNet2DModel.from_preset("digits", num_class_embeds=10, dropout=0.0)
+    assert model.config.num_class_embeds == 10 and model.config.dropout == 0.0
+    with pytest.raises(ValueError, match="preset name"):
+        ScratchUNet2DModel.from_preset("imagenet")
+    with pytest.raises(ValueError, match="unknown config keys.*num_classes"):
+        ScratchUNet2DModel.from_preset("digits", num_classes=10)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(attention_resolutions=(3,)), "attention_resolutions"),
+        (dict(sample_size=6), "sample_size"),
+        (dict(block_out_channels=(8, 18)), "norm_num_groups"),
+        (dict(attention_head_dim=3), "attention_head_dim"),
+        (dict(layers_per_block=0), "layers_per_block"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(num_class_embeds=0), "num_class_embeds"),
+    ],
+)
+def test_bad_config_raises_value_error_naming_the_key(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        ScratchUNet2DModel(**{**TINY, **overrides})
+
+
+# ---------------------------------------------------------------- math and init
+
+
+def test_timestep_embedding_is_the_papers_sinusoid():
+    t = torch.tensor([0.0, 1.0, 37.5, 999.0])
+    emb = sinusoidal_timestep_embedding(t, 8)
+    half = 4
+    freqs = [10000 ** (-i / (half - 1)) for i in range(half)]
+    expected = [[math.sin(tt * f) for f in freqs] + [math.cos(tt * f) for f in freqs] for tt in t.tolist()]
+    torch.testing.assert_close(emb, torch.tensor(expected), rtol=1e-5, atol=1e-5)
+    assert sinusoidal_timestep_embedding(t, 7).shape == (4, 7)  # odd widths are zero-padded
+
+
+def test_fresh_model_predicts_zero_like_the_papers_init():
+    # zero-initialised output conv: the untrained network predicts eps = 0 everywhere
+    model = ScratchUNet2DModel(**TINY)
+    assert torch.count_nonzero(model(torch.randn(2, 2, 8, 8), 3).sample) == 0
+
+
+# ---------------------------------------------------------------- forward contract
+
+
+def test_timestep_forms_agree():
+    model = tiny()
+    x = torch.randn(3, 2, 8, 8)
+    with torch.no_grad():
+        ref = model(x, torch.tensor([7, 7, 7])).sample
+        for t in (7, 7.0, np.int64(7), torch.tensor(7), torch.tensor([7]), torch.tensor([7.0, 7.0, 7.0])):
+            torch.testing.assert_close(model(x, t).sample, ref)
+        # fractional timesteps are allowed and change the output
+        assert not torch.allclose(model(x, 7.5).sample, ref)
+
+
+def test_batch_elements_do_not_interact():
+    model = tiny()
+    x, t = torch.randn(4, 2, 8, 8), torch.tensor([1, 50, 300, 999])
+    with torch.no_grad():
+        batched = model(x, t).sample
+        single = torch.cat([model(x[i : i + 1], t[i : i + 1]).sample for i in range(4)])
+    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
+
+
+def test_return_dict_false_gives_a_tuple():
+    model = tiny()
+    x = torch.randn(1, 2, 8, 8)
+    out = model(x, 1)
+    assert isinstance(out, ScratchUNet2DOutput)
+    (plain,) = model(x, 1, return_dict=False)
+    torch.testing.assert_close(plain, out.sample)
+
+
+def test_non_square_images_work():
+    model = tiny(sample_size=(8, 16))
+    assert model(torch.randn(1, 2, 8, 16), 1).sample.shape == (1, 2, 8, 16)
+
+
+def test_learned_range_output_has_twice_the_channels():
+    model = tiny(out_channels=4)
+    assert model.predicts_variance and not tiny().predicts_variance
+    assert model(torch.randn(2, 2, 8, 8), 1).sample.shape == (2, 4, 8, 8)
+
+
+def test_class_conditioning_with_a_null_class():
+    model = tiny(num_class_embeds=3)
+    assert model.null_class_label == 3 and tiny().null_class_label is None
+    assert model.class_embed.num_embeddings == 4  # 3 classes + the null class
+    x = torch.randn(1, 2, 8, 8).expand(4, -1, -1, -1)
+    with torch.no_grad():
+        out = model(x, 5, class_labels=torch.tensor([0, 1, 2, model.null_class_label])).sample
+        assert model(x[:1], 5, class_labels=2).sample.shape == (1, 2, 8, 8)  # a Python int label
+    assert all(not torch.allclose(out[i], out[j]) for i in range(4) for j in range(i))
+
+
+def test_multi_head_attention_runs_and_differs_from_one_head():
+    x = torch.randn(2, 2, 8, 8)
+    one, four = tiny(), tiny(attention_head_dim=4)
+    four.load_state_dict(one.state_dict())  # same weights, only the head split differs
+    with torch.no_grad():
+        assert not torch.allclose(one(x, 3).sample, four(x, 3).sample)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m: m(torch.randn(2, 3, 8, 8), 1), "in_channels"),
+        (lambda m: m(torch.randn(2, 2, 8), 1), "sample"),
+        (lambda m: m(torch.randn(2, 2, 7, 8), 1), "divisible"),
+        (lambda m: m(torch.randn(2, 2, 8, 11), 1), "divisible"),
+        (lambda m: m(torch.randn(2, 2, 8, 8), torch.tensor([1, 2, 3])), "timestep"),
+        (lambda m: m(torch.randn(2, 2, 8, 8), torch.ones(2, 1)), "timestep"),
+        (lambda m: m(torch.randn(2, 2, 8, 8), "1"), "timestep"),
+        (lambda m: m(torch.randn(2, 2, 8, 8), 1, class_labels=torch.tensor([0, 1])), "class_labels.*unconditional"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(tiny())
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (None, "class_labels are required"),
+        (torch.tensor([0, 4]), r"class_labels must be in \[0, 3\]"),
+        (torch.tensor([-1, 0]), r"class_labels must be in \[0, 3\]"),
+        (torch.tensor([0.0, 1.0]), "class_labels must be an integer"),
+        (torch.tensor([0, 1, 2]), "class_labels"),
+    ],
+)
+def test_bad_class_labels_raise_value_error(labels, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(num_class_embeds=3)(torch.randn(2, 2, 8, 8), 1, class_labels=labels)
+
+
+# ---------------------------------------------------------------- diffusers model features
+
+
+def test_save_and_load_with_safetensors(tmp_path):
+    model = tiny(num_class_embeds=3)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    loaded = ScratchUNet2DModel.from_pretrained(tmp_path).eval()
+    public = lambda cfg: {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if not k.startswith("_")}
+    assert public(loaded.config) == public(model.config)
+    x, y = torch.randn(2, 2, 8, 8), torch.tensor([0, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, 4, y).sample, model(x, 4, y).sample, rtol=0, atol=0)
+
+
+def test_gradient_checkpointing_recomputes_blocks_and_gives_the_same_gradients():
+    model = tiny(dropout=0.2).train()  # dropout: the recomputation must replay the same masks
+    x, t = torch.randn(2, 2, 8, 8), torch.tensor([3, 900])
+
+    def grads_and_block_calls():
+        calls = []
+        # a pre-hook: non-reentrant checkpointing stops the recomputation early, before forward hooks
+        hook = model.mid_res_in.register_forward_pre_hook(lambda *_: calls.append(1))
+        torch.manual_seed(1)
+        model.zero_grad()
+        model(x, t).sample.square().mean().backward()
+        hook.remove()
+        return [p.grad.clone() for p in model.parameters()], len(calls)
+
+    plain, plain_calls = grads_and_block_calls()
+    model.enable_gradient_checkpointing()
+    assert model.is_gradient_checkpointing
+    ckpt, ckpt_calls = grads_and_block_calls()
+    assert (plain_calls, ckpt_calls) == (1, 2)  # the block ran again during backward
+    for a, b in zip(plain, ckpt):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_gives_the_same_output():
+    model = tiny()
+    x = torch.randn(2, 2, 8, 8)
+    with torch.no_grad():
+        ref = model(x, 3).sample
+        model_cl = model.to(memory_format=torch.channels_last)
+        out = model_cl(x.to(memory_format=torch.channels_last), 3).sample
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_and_bf16_weights():
+    model = tiny(num_class_embeds=2)
+    x, y = torch.randn(2, 2, 8, 8), torch.tensor([0, 2])
+    with torch.no_grad():
+        ref = model(x, 500, y).sample
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = model(x, 500, y).sample
+        half = model.to(torch.bfloat16)(x.bfloat16(), 500, y).sample
+    assert half.dtype == torch.bfloat16
+    for out in (auto, half):
+        assert torch.isfinite(out).all()
+        assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    # backend aot_eager: dynamo must capture the whole graph (fullgraph=True fails on any graph
+    # break) and AOTAutograd traces the backward; inductor's C++ codegen takes minutes on 2 cores
+    torch._dynamo.reset()
+    model = tiny(num_class_embeds=3)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x, y = torch.randn(2, 2, 8, 8), torch.tensor([1, 3])
+    out = compiled(x, torch.tensor([5, 9]), class_labels=y).sample
+    out.square().mean().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x, torch.tensor([5, 9]), class_labels=y).sample)
+        torch.testing.assert_close(compiled(x, 5, class_labels=y).sample, model(x, 5, class_labels=y).sample)
+
+
+def test_drops_into_diffusers_ddpm_pipeline():
+    model = tiny(in_channels=1, out_channels=1)
+    pipe = DDPMPipeline(unet=model, scheduler=DDPMScheduler(num_train_timesteps=10))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 8, 8, 1)
+    assert ((images >= 0) & (images <= 1)).all()
+
+
+def test_learned_range_drops_into_ddpm_pipeline():
+    model = tiny(in_channels=1, out_channels=2)
+    scheduler = DDPMScheduler(num_train_timesteps=10, variance_type="learned_range")
+    pipe = DDPMPipeline(unet=model, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=1, num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 8, 8, 1)
