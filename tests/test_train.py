@@ -1,0 +1,406 @@
+"""Training: options, data, objective, EMA, checkpoint files, bad input; and one short end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _train_fixtures import (
+    TINY_RUN,
+    check_ok,
+    flip_one_byte,
+    run_train,
+    write_digit_folder,
+)
+from training import checkpoints as ckpt
+from training.config import parse_options
+from training.data import (
+    PreloadedImages,
+    ShardedEpochOrder,
+    find_image_column,
+    make_collate_fn,
+    prepare_training_data,
+    to_model_range,
+    to_uint8_array,
+)
+from training.ema import ExponentialMovingAverage
+from training.objective import diffusion_loss, drop_class_labels, random_horizontal_flip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_and_fresh_accelerate():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+# ---- options -------------------------------------------------------------------------------
+
+
+def test_preset_fills_only_what_the_user_left_unset():
+    opts = parse_options(["--preset", "cifar10", "--learning_rate", "1e-4"])
+    assert opts.learning_rate == 1e-4 and "learning_rate" in opts.explicit
+    assert opts.train_batch_size == 128 and opts.lr_warmup_steps == 5000 and opts.ema_max_decay == 0.9999
+    assert opts.dropout == 0.1 and opts.random_flip is True and opts.max_train_steps == 800_000
+    assert opts.dataset_name == "uoft-cs/cifar10" and opts.output_dir == "cifar10-ddpm"
+    digits = parse_options([])
+    assert digits.preset == "digits" and digits.dataset_name == "builtin:digits" and digits.random_flip is False
+    assert digits.max_grad_norm == 1.0 and digits.prediction_type == "epsilon"
+    assert parse_options(["--train_data_dir", "."]).dataset_name is None
+    assert "hub_token" not in parse_options(["--hub_token", "hf_secret"]).for_model_card()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset_name", "x/y", "--train_data_dir", "."], "--dataset_name and --train_data_dir"),
+        (["--num_epochs", "2", "--max_train_steps", "5"], "--num_epochs and --max_train_steps"),
+        (["--push_to_hub"], "--hub_model_id"),
+        (["--resume_from_checkpoint", "latest", "--overwrite_output_dir"], "pass only one"),
+        (["--variance_type", "learned_range"], "--loss_type hybrid"),
+        (["--loss_type", "hybrid"], "--variance_type learned_range"),
+        (["--loss_type", "hybrid", "--variance_type", "learned_range", "--lambda_vlb", "-1"], "--lambda_vlb"),
+        (["--label_column", "label"], "--class_conditional"),
+        (["--train_batch_size", "0"], "--train_batch_size must be a positive integer"),
+        (["--learning_rate", "-1"], "--learning_rate must be a positive number"),
+        (["--ema_max_decay", "1.0"], "--ema_max_decay must be in [0, 1)"),
+        (["--grid_inference_steps", "2000"], "--grid_inference_steps 2000 exceeds"),
+        (["--train_data_dir", "/does/not/exist"], "is not a folder"),
+    ],
+)
+def test_bad_options_are_refused_with_the_option_named(argv, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        parse_options(argv)
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+
+def test_digits_are_kept_grayscale_and_scaled_to_the_model_range():
+    data = prepare_training_data(parse_options([]))
+    assert (len(data), data.num_channels, data.num_skipped, data.image_column) == (1437, 1, 0, "image")
+    assert data.label_column is None
+    conditional = prepare_training_data(parse_options(["--class_conditional"]))
+    assert (conditional.label_column, conditional.num_classes) == ("label", 10)
+
+
+def test_preprocessing_center_crops_and_maps_to_minus_one_one():
+    from PIL import Image
+
+    wide = np.zeros((20, 40, 3), dtype=np.uint8)
+    wide[:, 6:34] = 255  # white around the central 20x20 square (margin for the resampling filter), black sides
+    out = to_model_range(to_uint8_array(Image.fromarray(wide), 10, 3, center_crop=True))
+    assert out.shape == (3, 10, 10) and out.dtype == torch.float32
+    assert torch.equal(out, torch.ones_like(out))  # only the white centre survives the crop
+    squashed = to_model_range(to_uint8_array(Image.fromarray(wide), 10, 3, center_crop=False))
+    assert squashed.min() == -1.0 and squashed.max() == 1.0
+    assert to_uint8_array(Image.fromarray(wide[:, :, 0]), 8, 1, center_crop=True).shape == (1, 8, 8)
+    assert to_uint8_array(Image.fromarray(wide), 8, 1, center_crop=True).shape == (1, 8, 8)  # RGB -> L
+
+
+def test_preloaded_batches_equal_decoded_batches():
+    data = prepare_training_data(parse_options(["--class_conditional"]))
+    preloaded = PreloadedImages(data, 8, center_crop=True)
+    indices = [5, 0, 1400, 77]
+    lazy = make_collate_fn(data, 8, center_crop=True)([data.dataset[i] for i in indices])
+    fast = preloaded.batch(indices)
+    assert torch.equal(lazy["pixel_values"], fast["pixel_values"]) and torch.equal(lazy["class_labels"], fast["class_labels"])
+    assert fast["pixel_values"].min() == -1.0 and fast["pixel_values"].max() == 1.0
+
+
+def test_image_folder_with_a_broken_file_skips_it_and_counts_it(tmp_path):
+    folder = write_digit_folder(tmp_path / "digits", 6, with_labels=True, mode="RGB")
+    (folder / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    opts = parse_options(["--train_data_dir", str(folder), "--cache_dir", str(tmp_path / "cache"),
+                          "--class_conditional"])
+    data = prepare_training_data(opts)
+    assert (len(data), data.num_skipped, data.num_channels) == (6, 1, 3)
+    assert data.num_classes == 6 and data.label_column == "label"
+
+
+def test_image_column_errors_name_the_columns():
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"picture": [np.zeros((2, 2), np.uint8)], "caption": ["a"]},
+                                    features=datasets.Features({"picture": datasets.Image(), "caption": datasets.Value("string")}))
+    assert find_image_column(ds, None) == "picture"
+    with pytest.raises(ValueError, match=r"--image_column 'img' is not a column.*'picture', 'caption'"):
+        find_image_column(ds, "img")
+    with pytest.raises(ValueError, match="holds .* not images"):
+        find_image_column(ds, "caption")
+
+
+def test_epoch_order_shards_without_overlap_and_repeats_per_epoch():
+    orders = [ShardedEpochOrder(50, 4, 3, rank, seed=7) for rank in range(3)]
+    assert orders[0].batches_per_epoch == 4  # 50 // 12, the incomplete tail is dropped
+    epoch0 = [sum(order.epoch_batches(0), []) for order in orders]
+    flat = sum(epoch0, [])
+    assert len(flat) == len(set(flat)) == 48
+    assert orders[1].epoch_batches(0) == orders[1].epoch_batches(0)
+    assert orders[1].epoch_batches(0) != orders[1].epoch_batches(1)
+    assert orders[0].position(9) == (2, 1)
+
+
+# ---- objective -----------------------------------------------------------------------------
+
+
+class _RecordingModel(torch.nn.Module):
+    """Stands in for the UNet: records its input dtype, returns a bf16 output like an autocast model."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+        self.seen_dtypes = []
+
+    def forward(self, sample, timestep, class_labels=None):
+        from types import SimpleNamespace
+
+        self.seen_dtypes.append(sample.dtype)
+        return SimpleNamespace(sample=(sample * self.weight).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_loss_is_float32_mse_against_the_scheduler_target(prediction_type):
+    from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
+
+    scheduler = ScratchDDPMScheduler(prediction_type=prediction_type)
+    model = _RecordingModel()
+    clean = torch.rand(4, 1, 8, 8, dtype=torch.bfloat16) * 2 - 1  # even bf16 data is lifted to float32
+    out = diffusion_loss(model, scheduler, clean, torch.Generator().manual_seed(0))
+    assert model.seen_dtypes == [torch.float32] and out.loss.dtype == torch.float32
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(clean.shape, generator=generator)
+    t = torch.randint(0, 1000, (4,), generator=generator)
+    x_t = scheduler.add_noise(clean.float(), noise, t)
+    target = {"epsilon": noise, "sample": clean.float(), "v_prediction": scheduler.get_velocity(clean.float(), noise, t)}
+    expected = torch.mean((x_t.to(torch.bfloat16).float() - target[prediction_type]) ** 2)
+    assert torch.equal(out.timesteps, t)
+    assert torch.allclose(out.loss, expected, rtol=1e-6)
+
+
+def test_flip_and_label_dropout_follow_the_generator():
+    images = torch.arange(2 * 1 * 2 * 3, dtype=torch.float32).view(2, 1, 2, 3).repeat(50, 1, 1, 1)
+    flipped = random_horizontal_flip(images, torch.Generator().manual_seed(0))
+    is_flipped = (flipped == images.flip(-1)).flatten(1).all(1)
+    assert ((flipped == images).flatten(1).all(1) | is_flipped).all() and 20 < int(is_flipped.sum()) < 80
+    labels = torch.arange(1000) % 10
+    dropped = drop_class_labels(labels, 0.1, 10, torch.Generator().manual_seed(0))
+    assert 50 < int((dropped == 10).sum()) < 150 and torch.equal(dropped[dropped != 10], labels[dropped != 10])
+
+
+# ---- EMA -----------------------------------------------------------------------------------
+
+
+def test_ema_warmup_decay_and_update_rule():
+    model = torch.nn.Linear(3, 2)
+    ema = ExponentialMovingAverage(model, max_decay=0.999, power=0.75)
+    assert ema.decay(1) == 0.0  # the first update copies the weights
+    assert math.isclose(ema.decay(11), 1 - 11**-0.75)
+    assert ema.decay(10**7) == 0.999
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # decay 0: a copy
+    assert torch.equal(ema.averaged_model.weight, model.weight)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    decay = ema.update(model)
+    assert torch.allclose(ema.averaged_model.weight, torch.full((2, 3), decay * 1.0 + (1 - decay) * 3.0))
+    clone = ExponentialMovingAverage(torch.nn.Linear(3, 2))
+    clone.load_state_dict(ema.state_dict())
+    assert clone.num_updates == 2 and torch.equal(clone.averaged_model.weight, ema.averaged_model.weight)
+
+
+# ---- checkpoint files ----------------------------------------------------------------------
+
+
+def _fake_checkpoint(root: Path, step: int) -> Path:
+    folder = root / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(bytes(range(256)) * 8)
+    ckpt.write_json(folder / ckpt.STATE_NAME, {"global_step": step})
+    ckpt.write_manifest(folder)
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "no_manifest", "bad_manifest"])
+def test_damaged_checkpoints_are_detected(tmp_path, damage):
+    folder = _fake_checkpoint(tmp_path, 5)
+    assert ckpt.verify_checkpoint(folder) == []
+    model = folder / "model.safetensors"
+    if damage == "flip":
+        flip_one_byte(model)
+    elif damage == "truncate":
+        model.write_bytes(model.read_bytes()[:100])
+    elif damage == "delete":
+        model.unlink()
+    elif damage == "no_manifest":
+        (folder / ckpt.MANIFEST_NAME).unlink()
+    else:
+        (folder / ckpt.MANIFEST_NAME).write_text("{not json")
+    problems = ckpt.verify_checkpoint(folder)
+    assert problems and any(word in " ".join(problems) for word in ("model.safetensors", "manifest.json"))
+
+
+def test_latest_skips_damaged_and_unfinished_checkpoints(tmp_path):
+    root = ckpt.checkpoints_root(tmp_path)
+    for step in (10, 20, 30):
+        _fake_checkpoint(root, step)
+    flip_one_byte(root / "checkpoint-30" / "model.safetensors")
+    (root / ".tmp-checkpoint-40").mkdir()  # a save that was killed
+    plan = ckpt.plan_resume(tmp_path, "latest")
+    assert plan.path == root / "checkpoint-20" and [p.name for p, _ in plan.rejected] == ["checkpoint-30"]
+    assert "SHA-256" in plan.rejected[0][1][0]
+    with pytest.raises(ValueError, match=r"not a usable checkpoint.*SHA-256.*checkpoint-10', 'checkpoint-20'"):
+        ckpt.plan_resume(tmp_path, "checkpoint-30")
+    with pytest.raises(ValueError, match=r"does not exist.*checkpoint-10"):
+        ckpt.plan_resume(tmp_path, "checkpoint-99")
+    assert ckpt.plan_resume(tmp_path / "elsewhere", "latest").path is None  # nothing yet: a fresh start
+    assert [p.name for p in ckpt.prune_checkpoints(root, 2)] == ["checkpoint-10"]
+    assert ckpt.set_aside(root / "checkpoint-30").name == "checkpoint-30.corrupt"
+    assert [s for s, _ in ckpt.list_checkpoints(root)] == [20]
+
+
+# ---- bad input stops the run before training ------------------------------------------------
+
+
+def _main_error(argv: list[str]) -> str:
+    from training.train import SetupError, main
+
+    with pytest.raises(SetupError) as error:
+        main(argv + ["--report_to", "none"])
+    return str(error.value)
+
+
+def test_bad_input_is_reported_before_training(tmp_path):
+    out = ["--output_dir", str(tmp_path / "out")]
+    assert "--image_column 'pixels' is not a column" in _main_error(out + ["--image_column", "pixels"])
+    assert "must be a multiple of 4" in _main_error(out + ["--resolution", "10"])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    assert "holds no image files" in _main_error(out + ["--train_data_dir", str(tmp_path / "empty")])
+    assert "does not exist" in _main_error(out + ["--resume_from_checkpoint", str(tmp_path / "nowhere")])
+    _fake_checkpoint(ckpt.checkpoints_root(tmp_path / "out"), 3)
+    assert "already holds checkpoints" in _main_error(out)
+    assert "fewer than one global batch" in _main_error(
+        ["--output_dir", str(tmp_path / "o2"), "--train_batch_size", "5000"])
+
+
+def test_command_line_error_exits_with_code_2_and_no_traceback(tmp_path):
+    result = run_train(["--output_dir", str(tmp_path), "--num_epochs", "2", "--max_train_steps", "5"])
+    assert result.returncode == 2
+    assert "train.py: error: --num_epochs and --max_train_steps both given" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ---- one short run, end to end --------------------------------------------------------------
+
+
+def test_short_run_saves_a_loadable_pipeline_grid_and_loss_curve(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "run"
+    check_ok(run_train(TINY_RUN + ["--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "2",
+                                   "--save_images_steps", "2"]))
+    assert [s for s, _ in ckpt.list_checkpoints(ckpt.checkpoints_root(out))] == [2, 3]
+    for _, folder in ckpt.list_checkpoints(ckpt.checkpoints_root(out)):
+        assert ckpt.verify_checkpoint(folder) == []
+    state = ckpt.read_training_state(out / "checkpoints" / "checkpoint-3")
+    assert state["global_step"] == 3 and len(state["loss_history"]) == 3
+    grid = Image.open(out / "samples" / "final.png")
+    assert grid.mode == "L" and grid.width >= 512  # 4 digits 2x2, enlarged to be visible
+    assert (out / "samples" / "step-0000002.png").is_file()
+    assert Image.open(out / "loss_curve.png").size == (800, 480)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_steps"] == 3 and math.isfinite(metrics["final_loss"])
+    assert "digits_classifier_score" in metrics
+
+    from diffusers import DiffusionPipeline
+
+    from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
+
+    card = (out / "README.md").read_text()
+    assert "final_loss" in card and "sample_grid.png" in card and (out / "sample_grid.png").is_file()
+    for pipeline in (ScratchDDPMPipeline.from_pretrained(out), DiffusionPipeline.from_pretrained(out, trust_remote_code=True)):
+        pipeline.set_progress_bar_config(disable=True)
+        images = pipeline(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+        assert len(images) == 2 and images[0].size == (8, 8) and images[0].mode == "L"
+
+
+# ---- in-process runs: options that change the data path, the model or the upload ------------
+
+
+def _tiny(tmp_path, *extra: str) -> list[str]:
+    return TINY_RUN + ["--output_dir", str(tmp_path / "run"), *extra]
+
+
+def test_class_conditional_rgb_folder_with_bf16_checkpointing_and_epochs(tmp_path):
+    from training.train import main
+
+    folder = write_digit_folder(tmp_path / "digits", 40, with_labels=True, mode="RGB", size=12)
+    out = main(_tiny(tmp_path, "--train_data_dir", str(folder), "--cache_dir", str(tmp_path / "cache"),
+                     "--class_conditional", "--resolution", "8", "--mixed_precision", "bf16",
+                     "--gradient_checkpointing", "--num_epochs", "1", "--gradient_accumulation_steps", "2",
+                     "--report_to", "tensorboard"))
+    assert list((out / "logs").rglob("events.out.tfevents.*"))  # tensorboard logs by default
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_steps"] == 3  # 40 images / batch 8 = 5 micro-batches = 2.5 updates, rounded up
+    assert math.isfinite(metrics["final_loss"]) and "digits_classifier_score" not in metrics  # not the built-in set
+    config = json.loads((out / "unet" / "config.json").read_text())
+    assert (config["in_channels"], config["num_class_embeds"], config["sample_size"]) == (3, 10, 8)  # sub-folders class_0 .. class_9
+
+
+def test_hybrid_loss_trains_a_learned_range_model_that_samples(tmp_path):
+    from training.train import main
+
+    from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
+
+    out = main(_tiny(tmp_path, "--loss_type", "hybrid", "--variance_type", "learned_range", "--max_train_steps", "2"))
+    assert math.isfinite(json.loads((out / "metrics.json").read_text())["final_loss"])
+    pipe = ScratchDDPMPipeline.from_pretrained(out)
+    assert pipe.unet.config.out_channels == 2 * pipe.unet.config.in_channels == 2
+    assert pipe.scheduler.config.variance_type == "learned_range"
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
+
+
+def test_push_to_hub_uploads_the_pipeline_with_its_card_and_never_the_checkpoints(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from training.train import main
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, endpoint=None, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private=False, exist_ok=False, **_):
+            calls["repo"] = (repo_id, private)
+            return SimpleNamespace(repo_id=repo_id)
+
+        def create_commit(self, repo_id, operations, commit_message, **_):
+            calls["files"] = sorted(op.path_in_repo for op in operations)
+            calls["card"] = next(Path(op.path_or_fileobj).read_text() for op in operations if op.path_in_repo == "README.md")
+            calls["message"] = commit_message
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    out = main(_tiny(tmp_path, "--max_train_steps", "2", "--checkpointing_steps", "1", "--push_to_hub",
+                     "--hub_model_id", "someone/ddpm-digits", "--hub_private_repo", "--hub_token", "hf_test"))
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    assert calls["repo"] == ("someone/ddpm-digits", True) and calls["token"] == "hf_test"
+    assert "model_index.json" in calls["files"] and "unet/diffusion_pytorch_model.safetensors" in calls["files"]
+    assert "sample_grid.png" in calls["files"]
+    assert not any(name.startswith(("checkpoints", "samples", "logs")) for name in calls["files"])
+    assert "final_loss" in calls["card"] and "hf_test" not in calls["card"] and "2 steps" in calls["message"]

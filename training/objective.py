@@ -1,0 +1,71 @@
+"""The training objective: one function from a batch of clean images to a scalar loss.
+
+L_simple (derivation L2): E_{t, x_0, eps} || target - model(x_t, t) ||^2 with t ~ U{0..T-1} and
+x_t from the closed-form forward process (F2). The target is the noise (the paper), x_0 or v,
+whichever the scheduler's `prediction_type` says (`scheduler.training_target`).
+
+Everything before the network runs in float32, whatever the mixed-precision setting: sqrt(1 - abar_t)
+is ~0.01 at small t, and a bf16 x_t there would round away most of the noise the model must find.
+The model output is cast back to float32 before the loss for the same reason.
+
+`loss_type="hybrid"` adds lambda L_vlb (Nichol & Dhariwal 2021) to train a learned variance; the
+losses themselves live in `ddpm_from_scratch.losses`, shared with the likelihood code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ddpm_from_scratch.losses import DEFAULT_LAMBDA_VLB, training_loss
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar, float32, differentiable
+    timesteps: torch.Tensor  # (B,) the t drawn for each image, for per-timestep diagnostics
+
+
+def draw_timesteps(batch_size: int, num_train_timesteps: int, generator: torch.Generator, device) -> torch.Tensor:
+    """t ~ Uniform{0, ..., T-1} (diffusers' 0-based index for the paper's t = 1..T)."""
+    return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=generator.device).to(device)
+
+
+def diffusion_loss(
+    model: torch.nn.Module,
+    noise_scheduler,
+    clean_images: torch.Tensor,
+    generator: torch.Generator,
+    class_labels: torch.Tensor | None = None,
+    loss_type: str = "simple",
+    lambda_vlb: float = DEFAULT_LAMBDA_VLB,
+) -> LossOutput:
+    """L_simple (or the hybrid loss) for one micro-batch. clean_images: (B, C, H, W) in [-1, 1]."""
+    clean_images = clean_images.float()
+    noise = torch.randn(clean_images.shape, generator=generator, device=generator.device, dtype=torch.float32)
+    noise = noise.to(clean_images.device)
+    timesteps = draw_timesteps(clean_images.shape[0], noise_scheduler.config.num_train_timesteps, generator,
+                               clean_images.device)
+    noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)  # F2, float32
+    extra = {} if class_labels is None else {"class_labels": class_labels}
+    model_output = model(noisy_images, timesteps, **extra).sample.float()
+    terms = training_loss(loss_type, model_output, noise_scheduler, clean_images, noisy_images, noise, timesteps,
+                          lambda_vlb=lambda_vlb)
+    return LossOutput(loss=terms.loss, timesteps=timesteps)
+
+
+def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2 (the paper's CIFAR-10 augmentation)."""
+    flip = torch.rand(images.shape[0], generator=generator, device=generator.device) < 0.5
+    flip = flip.to(images.device).view(-1, 1, 1, 1)
+    return torch.where(flip, images.flip(-1), images)
+
+
+def drop_class_labels(labels: torch.Tensor, probability: float, null_label: int, generator: torch.Generator) -> torch.Tensor:
+    """Replace each label by `null_label` with `probability`, so one network learns both eps(x, t, y)
+    and eps(x, t) (classifier-free guidance, Ho & Salimans 2022)."""
+    if probability == 0:
+        return labels
+    drop = torch.rand(labels.shape[0], generator=generator, device=generator.device) < probability
+    return torch.where(drop.to(labels.device), torch.full_like(labels, null_label), labels)
