@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .cli_utils import non_negative_int, positive_int, resolve_device
 from .digits import DIGITS_RESOLUTION, digits_as_uint8, split_indices
 from .likelihood import VariationalBound, nll_bits_per_dim
 
@@ -242,18 +243,6 @@ def evaluate_pipeline(
 # ----------------------------------------------------------------------------- the command line
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,13 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "path", help="folder written by save_pretrained (or a stock diffusers pipeline folder), or a Hub repo id"
     )
-    parser.add_argument("--num-samples", type=_non_negative_int, default=360,
+    parser.add_argument("--num-samples", type=non_negative_int, default=360,
                         help="generated digits for the sample-quality figures (default 360; 0 skips)")
-    parser.add_argument("--num-inference-steps", type=_positive_int, default=None,
+    parser.add_argument("--num-inference-steps", type=positive_int, default=None,
                         help="sampling steps (default: the scheduler's num_train_timesteps, full DDPM sampling)")
-    parser.add_argument("--nll-images", type=_non_negative_int, default=None,
+    parser.add_argument("--nll-images", type=non_negative_int, default=None,
                         help="held-out digits in the bound (default: all 360; 0 skips); the bound uses all T steps")
-    parser.add_argument("--batch-size", type=_positive_int, default=360, help="images per model call (default 360)")
+    parser.add_argument("--batch-size", type=positive_int, default=360, help="images per model call (default 360)")
     parser.add_argument("--variance-type", choices=VARIANCE_CHOICES, default="saved",
                         help="reverse-process variance for the bound and the samples (default: the saved scheduler's)")
     parser.add_argument("--device", default="auto", help="torch device, e.g. cpu, cuda (default: cuda if available)")
@@ -284,13 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"--device {name!r} is not a torch device: {error}") from None
 
 
 def write_json_atomic(data: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -312,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        device = _device(args.device)
+        device = resolve_device(args.device)
         pipeline = load_pipeline(args.path)
         if args.variance_type != "saved":
             scheduler_cls = type(pipeline.scheduler)

@@ -16,16 +16,12 @@ from collections.abc import Sequence
 
 import torch
 
+from .cli_utils import positive_int, resolve_device
 from .image_utils import make_image_grid, save_image_atomic
 
 SCHEDULER_CHOICES = ("saved", "ddim")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
 
 
 def _class_label(text: str) -> int | str:
@@ -46,11 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample images from a saved ScratchDDPMPipeline and write them as a PNG grid.",
     )
     parser.add_argument("path", help="folder written by save_pretrained, or a Hub repo id")
-    parser.add_argument("--num-images", type=_positive_int, default=64, help="images in the grid (default 64)")
+    parser.add_argument("--num-images", type=positive_int, default=64, help="images in the grid (default 64)")
     parser.add_argument("--out", default="grid.png", help="output PNG file (default grid.png)")
     parser.add_argument(
         "--num-inference-steps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="denoising steps (default: the scheduler's num_train_timesteps, i.e. full DDPM sampling)",
     )
@@ -58,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", default="auto", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)"
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
     parser.add_argument(
         "--scheduler",
         choices=SCHEDULER_CHOICES,
@@ -76,24 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance-scale", type=float, default=None, help="classifier-free guidance weight (needs --class-label)"
     )
     parser.add_argument(
-        "--cols", type=_positive_int, default=None, help="grid columns (default: ceil(sqrt(num images)))"
+        "--cols", type=positive_int, default=None, help="grid columns (default: ceil(sqrt(num images)))"
     )
     parser.add_argument(
         "--scale",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="enlarge each image by this integer factor (default: enough to make cells >= 32 px)",
     )
     return parser
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"--device {name!r} is not a torch device: {error}") from None
 
 
 def _labels_for(class_label: int | str | None, count: int, offset: int, num_classes: int | None) -> list[int] | None:
@@ -115,7 +104,7 @@ def sample_grid(args: argparse.Namespace) -> tuple[torch.Tensor, int]:
         from diffusers import DDIMScheduler
 
         pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
-    pipeline.to(_device(args.device))
+    pipeline.to(resolve_device(args.device))
     num_classes = pipeline._num_classes()
     steps = args.num_inference_steps or pipeline.scheduler.config.num_train_timesteps
 
