@@ -243,8 +243,6 @@ def evaluate_pipeline(
 # ----------------------------------------------------------------------------- the command line
 
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddpm-evaluate",
@@ -271,8 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cache folder of the digits classifier (default: see digits_classifier)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
-
-
 
 
 def write_json_atomic(data: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -22,8 +22,6 @@ from .image_utils import make_image_grid, save_image_atomic
 SCHEDULER_CHOICES = ("saved", "ddim")
 
 
-
-
 def _class_label(text: str) -> int | str:
     if text == "all":
         return text
@@ -81,8 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="enlarge each image by this integer factor (default: enough to make cells >= 32 px)",
     )
     return parser
-
-
 
 
 def _labels_for(class_label: int | str | None, count: int, offset: int, num_classes: int | None) -> list[int] | None:
