@@ -1,9 +1,11 @@
-"""Scheduler step overhead: ScratchDDPMScheduler.step vs diffusers' DDPMScheduler.step.
+"""Scheduler overhead: ScratchDDPMScheduler.step vs diffusers' DDPMScheduler.step, same run.
 
-Times one `step` (model output given, so only the scheduler's own work counts) and a whole
-1000-step loop of steps, on the same tensors and generator, in the same run.
+The "model" is the identity (model_output = sample), so only the schedulers' own work is timed:
+one `step` at t = 500 for each shape, and a whole 1000-step loop at the first shape. Both schedulers
+get the same tensors and a generator seeded the same way; they alternate in rounds and each
+reports its median, so load from other processes hits both alike.
 
-    python benchmarks/bench_scheduler.py                  # CPU, batch 256 of 3x32x32
+    python benchmarks/bench_scheduler.py                  # CPU, 1x3x32x32 and 16x3x64x64
     python benchmarks/bench_scheduler.py --device cuda    # on a GPU
 """
 
@@ -21,44 +23,61 @@ from common import describe_device, print_table, time_per_call  # noqa: E402
 
 from ddpm_from_scratch import ScratchDDPMScheduler  # noqa: E402
 
+SCHEDULERS = {"diffusers DDPMScheduler": DDPMScheduler, "ScratchDDPMScheduler": ScratchDDPMScheduler}
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in text.split("x"))
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[(1, 3, 32, 32), (16, 3, 64, 64)])
     parser.add_argument("--variance-type", default="fixed_small")
-    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--iters", type=int, default=300, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    schedulers = {name: cls(variance_type=args.variance_type) for name, cls in SCHEDULERS.items()}
 
-    shape = (args.batch_size, 3, args.resolution, args.resolution)
-    sample = torch.randn(shape, device=device)
-    model_output = torch.randn(shape, device=device)
-    rows = []
-    results = {}
-    for name, cls in (("diffusers DDPMScheduler", DDPMScheduler), ("ScratchDDPMScheduler", ScratchDDPMScheduler)):
-        sched = cls(variance_type=args.variance_type)
-        sched.set_timesteps(1000, device=device)
-        generator = torch.Generator(device).manual_seed(0)
-        t_mid = sched.timesteps[500]
+    def one_step(sched, sample, generator):
+        return lambda: sched.step(sample, 500, sample, generator=generator)
 
-        def one_step():
-            sched.step(model_output, t_mid, sample, generator=generator)
-
-        def full_loop():
+    def full_loop(sched, sample, generator):
+        def run():
             x = sample
-            for t in sched.timesteps:
-                x = sched.step(model_output, t, x, generator=generator).prev_sample
+            for t in sched.timesteps:  # identity model: the output is the sample itself
+                x = sched.step(x, t, x, generator=generator).prev_sample
+        return run
 
-        step_s = time_per_call(one_step, device, warmup=5, iters=args.iters)
-        loop_s = time_per_call(full_loop, device, warmup=1, iters=3)
-        results[name] = (step_s, loop_s)
-        rows.append([name, f"{step_s * 1e3:.3f}", f"{loop_s:.2f}"])
-    base, ours = results["diffusers DDPMScheduler"], results["ScratchDDPMScheduler"]
-    rows.append(["ratio (diffusers / ours, >1: ours faster)", f"{base[0] / ours[0]:.2f}x", f"{base[1] / ours[1]:.2f}x"])
-    print(f"Scheduler step overhead on {describe_device(device)}; batch {shape}, variance_type={args.variance_type}")
-    print_table(["scheduler", "one step (ms)", "1000-step loop (s)"], rows)
+    columns = []
+    for shape in args.shapes:
+        sample = torch.randn(shape, device=device)
+        columns.append((f"one step {'x'.join(map(str, shape))} (us)", 1e6,
+                        {name: one_step(s, sample, torch.Generator(device).manual_seed(0)) for name, s in schedulers.items()},
+                        args.iters))
+    first = torch.randn(args.shapes[0], device=device)
+    columns.append((f"1000-step loop {'x'.join(map(str, args.shapes[0]))} (ms)", 1e3,
+                    {name: full_loop(s, first, torch.Generator(device).manual_seed(0)) for name, s in schedulers.items()}, 1))
+
+    results = {name: [] for name in SCHEDULERS}
+    for _, unit, fns, iters in columns:
+        rounds = {name: [] for name in SCHEDULERS}
+        for _ in range(args.rounds):  # alternate, so that background load hits both alike
+            for name, fn in fns.items():
+                rounds[name].append(time_per_call(lambda: [fn() for _ in range(iters)], device, 1, 1) / iters)
+        for name in SCHEDULERS:
+            results[name].append(sorted(rounds[name])[len(rounds[name]) // 2] * unit)
+
+    ours, base = results["ScratchDDPMScheduler"], results["diffusers DDPMScheduler"]
+    rows = [[name] + [f"{v:.1f}" for v in values] for name, values in results.items()]
+    rows.append(["time ratio ours / diffusers (<1: ours faster)"] + [f"{o / b:.2f}" for o, b in zip(ours, base)])
+    print(f"Scheduler overhead on {describe_device(device)}; variance_type={args.variance_type}, identity model")
+    print_table(["scheduler"] + [c[0] for c in columns], rows)
 
 
 if __name__ == "__main__":

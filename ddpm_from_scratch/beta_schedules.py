@@ -65,8 +65,6 @@ def make_betas(
         betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64))
         if betas.ndim != 1 or len(betas) == 0:
             raise ValueError(f"trained_betas must be a non-empty 1-d sequence, got shape {tuple(betas.shape)}")
-        if not bool(((betas > 0) & (betas <= 1)).all()):
-            raise ValueError("trained_betas must all lie in (0, 1]")
     elif beta_schedule == "linear":
         betas = linear_betas(num_train_timesteps, beta_start, beta_end)
     elif beta_schedule == "scaled_linear":
@@ -77,6 +75,14 @@ def make_betas(
         betas = sigmoid_betas(num_train_timesteps, beta_start, beta_end)
     else:
         raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES} (or pass trained_betas), got {beta_schedule!r}")
+    outside = (betas <= 0) | (betas >= 1)
+    if bool(outside.any()):
+        source = "trained_betas" if trained_betas is not None else f"beta_start={beta_start}, beta_end={beta_end}"
+        raise ValueError(
+            f"every beta_t must lie in the open interval (0, 1); {source} gives {int(outside.sum())} outside it "
+            f"(min {betas.min().item():.3g}, max {betas.max().item():.3g})"
+        )
+    # the rescaled schedule ends at beta_T = 1 (abar_T = 0) on purpose: checked before it
     if rescale_betas_zero_snr:
         betas = rescale_zero_terminal_snr(betas)
     return betas

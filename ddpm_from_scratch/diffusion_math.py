@@ -14,10 +14,13 @@ t -> s the single-step quantities are those of the merged step, alpha_{t|s} = ab
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import cached_property
 
 import torch
 
-from .tensor_utils import extract
+from .tensor_utils import add_scaled, extract
+
+Coefficient = "float | torch.Tensor"  # a Python float for a scalar timestep, else a broadcastable tensor
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class DiffusionChain:
     alphas_cumprod_prev: torch.Tensor  # abar_s, 1 at the final step (x_{-1} := x_0 exactly)
     betas: torch.Tensor  # beta_{t|s} = 1 - abar_t / abar_s, the merged step's beta
     log_betas: torch.Tensor  # log beta_{t|s}: the "fixed_large" log-variance
+    not_final: torch.Tensor  # 1 where the step adds noise, 0 on the chain's final step (prev < 0)
     sqrt_alphas_cumprod: torch.Tensor
     sqrt_one_minus_alphas_cumprod: torch.Tensor
     sqrt_recip_alphas_cumprod: torch.Tensor  # 1 / sqrt(abar_t), E4
@@ -62,6 +66,7 @@ class DiffusionChain:
             alphas_cumprod_prev=alphas_cumprod_prev,
             betas=betas,
             log_betas=betas.log(),
+            not_final=(prev_timesteps >= 0).to(torch.float64),
             sqrt_alphas_cumprod=alphas_cumprod.sqrt(),
             sqrt_one_minus_alphas_cumprod=(1 - alphas_cumprod).sqrt(),
             sqrt_recip_alphas_cumprod=alphas_cumprod.rsqrt(),
@@ -91,6 +96,24 @@ class DiffusionChain:
     def num_timesteps(self) -> int:
         return len(self.alphas_cumprod)
 
+    @cached_property
+    def _host_tables(self) -> dict[str, list]:
+        return {f.name: getattr(self, f.name).tolist() for f in fields(self)}
+
+    def lookup(self, name: str, t, like: torch.Tensor) -> Coefficient:
+        """Table ``name`` at ``t``, ready to multiply ``like``.
+
+        For a Python int timestep the value is a Python float: a tensor times a float is one kernel
+        with no extra tensor, which is most of what makes a sampling step cheap at small batch sizes.
+        Otherwise a gathered tensor shaped to broadcast (see ``extract``), with no host sync.
+        """
+        if isinstance(t, int):
+            values = self._host_tables[name]
+            if not 0 <= t < len(values):
+                raise ValueError(f"timestep must lie in [0, {len(values) - 1}], got {t}")
+            return values[t]
+        return extract(getattr(self, name), t, like)
+
     # ---- forward process -------------------------------------------------------------------
 
     def q_step(self, x_prev: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
@@ -100,10 +123,10 @@ class DiffusionChain:
 
     def q_sample(self, x_start: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
         """Closed form of the forward process, eq. F2: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) z~."""
-        return (
-            extract(self.sqrt_alphas_cumprod, t, x_start) * x_start
-            + extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
+        sqrt_abar, sqrt_one_minus_abar = self.lookup("sqrt_alphas_cumprod", t, x_start), self.lookup(
+            "sqrt_one_minus_alphas_cumprod", t, x_start
         )
+        return add_scaled(sqrt_abar * x_start, sqrt_one_minus_abar, noise)
 
     def q_mean_variance(self, x_start: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), eq. F4: returns (mean, variance)."""
@@ -113,17 +136,18 @@ class DiffusionChain:
 
     def velocity(self, x_start: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
         """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, sec. 4)."""
-        return (
-            extract(self.sqrt_alphas_cumprod, t, x_start) * noise
-            - extract(self.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start
+        sqrt_abar, sqrt_one_minus_abar = self.lookup("sqrt_alphas_cumprod", t, x_start), self.lookup(
+            "sqrt_one_minus_alphas_cumprod", t, x_start
         )
+        return add_scaled(sqrt_abar * noise, -sqrt_one_minus_abar, x_start)
 
     # ---- posterior q(x_s | x_t, x_0) ------------------------------------------------------
 
     def q_posterior_mean(self, x_start: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
         """Posterior mean, eq. P2:
         mu~ = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0 + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t."""
-        return extract(self.posterior_mean_coef1, t, x_t) * x_start + extract(self.posterior_mean_coef2, t, x_t) * x_t
+        coef1, coef2 = self.lookup("posterior_mean_coef1", t, x_t), self.lookup("posterior_mean_coef2", t, x_t)
+        return add_scaled(coef1 * x_start, coef2, x_t)
 
     def q_posterior_variance(self, t, like: torch.Tensor) -> torch.Tensor:
         """Posterior variance, eq. E3 corrected: beta~_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t."""
@@ -143,7 +167,8 @@ class DiffusionChain:
 
     def predict_xstart_from_eps(self, x_t: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
         """x_0 from the noise, eq. E4 corrected (x_t, not x_{t-1}): x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
-        return extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        recip, recipm1 = self.lookup("sqrt_recip_alphas_cumprod", t, x_t), self.lookup("sqrt_recipm1_alphas_cumprod", t, x_t)
+        return add_scaled(recip * x_t, -recipm1, eps)
 
     def predict_eps_from_xstart(self, x_t: torch.Tensor, x_start: torch.Tensor, t) -> torch.Tensor:
         """The inverse of E4: eps = (x_t / sqrt(abar_t) - x_0) / sqrt(1 / abar_t - 1)."""
@@ -153,7 +178,8 @@ class DiffusionChain:
 
     def predict_xstart_from_v(self, x_t: torch.Tensor, v: torch.Tensor, t) -> torch.Tensor:
         """x_0 from the velocity: x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
-        return extract(self.sqrt_alphas_cumprod, t, x_t) * x_t - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+        sqrt_abar, sqrt_one_minus_abar = self.lookup("sqrt_alphas_cumprod", t, x_t), self.lookup("sqrt_one_minus_alphas_cumprod", t, x_t)
+        return add_scaled(sqrt_abar * x_t, -sqrt_one_minus_abar, v)
 
     def p_mean_from_eps(self, x_t: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
         """Model mean in terms of the noise, eq. P3: mu = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)."""

@@ -17,6 +17,7 @@ its posterior q(x_0 | x_t, x_0) is a point mass.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -27,7 +28,7 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 
 from .beta_schedules import BETA_SCHEDULES, make_betas
 from .diffusion_math import DiffusionChain
-from .tensor_utils import append_dims, draw_noise, extract
+from .tensor_utils import add_scaled, append_dims, draw_noise
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -88,6 +89,10 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
     order = 1
+    # Read by ScratchDDPMPipeline's sampling loop (a performance contract, see performance.md): with
+    # ``set_timesteps(device=...)`` ``step`` reads nothing back to the host (no device sync per step,
+    # capturable in a CUDA graph), and it takes ``variance_noise`` instead of drawing from ``generator``.
+    sync_free_device_timesteps = True
 
     @register_to_config
     def __init__(
@@ -199,8 +204,13 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         sample: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
+        variance_noise: torch.Tensor | None = None,
     ) -> ScratchDDPMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """One ancestral sampling step x_t -> x_s, s = ``previous_timestep(t)``.
+
+        ``variance_noise`` (DDIMScheduler's argument): the z of step 5, drawn by the caller (shape of
+        ``sample``) instead of from ``generator``; the sampling loop uses it to draw noise outside a
+        CUDA graph and to copy host-drawn noise without a sync.
 
         1. Split off the variance prediction when the model outputs 2x the sample's channels.
         2. x_0 from the model output: E4 corrected (epsilon), the output itself (sample), or from v.
@@ -208,8 +218,9 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         4. Mean of p(x_s | x_t) = posterior mean mu~(x_t, x_0), eq. P2.
         5. Add sigma_t z, sigma_t^2 chosen by ``variance_type``; no noise on the chain's final step.
         """
-        chain = self._chain_on(sample.device, self.sampling_chain)
-        t = timestep
+        t = self._host_timestep(timestep)
+        # a host timestep reads Python-float coefficients; a device one gathers on the device (no sync)
+        chain = self.sampling_chain if isinstance(t, int) else self._chain_on(sample.device, self.sampling_chain)
 
         # 1.
         model_output, predicted_variance = self._split_model_output(model_output, sample)
@@ -227,10 +238,14 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         prev_sample = chain.q_posterior_mean(pred_original_sample, sample, t)
         # 5. diffusers draws noise exactly when t > 0; doing the same keeps the random streams equal.
         if self._draws_noise(t):
-            noise = draw_noise(model_output.shape, generator, model_output.device, model_output.dtype)
-            log_variance = self.model_log_variance(t, sample, predicted_variance, chain=chain)
-            not_final = extract((chain.prev_timesteps >= 0).to(sample.dtype), t, sample)
-            prev_sample = prev_sample + not_final * torch.exp(0.5 * log_variance) * noise
+            if variance_noise is None:
+                noise = draw_noise(model_output.shape, generator, model_output.device, model_output.dtype)
+            else:
+                self._check_same_shape(sample=sample, variance_noise=variance_noise)
+                noise = variance_noise
+            log_variance = self._log_variance(chain, t, sample, predicted_variance)
+            std = math.exp(0.5 * log_variance) if isinstance(log_variance, float) else torch.exp(0.5 * log_variance)
+            prev_sample = add_scaled(prev_sample, chain.lookup("not_final", t, sample) * std, noise)
 
         if not return_dict:
             return prev_sample, pred_original_sample
@@ -284,26 +299,32 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
     ) -> torch.Tensor:
         """log sigma_t^2 of p(x_s | x_t) for the configured ``variance_type`` (always a log-variance).
 
-        ``chain`` defaults to the training chain (s = t - 1); ``step`` passes the sampling chain.
+        ``chain`` defaults to the training chain (s = t - 1); ``step`` uses the sampling chain.
         """
         chain = chain if chain is not None else self._chain_on(sample.device, self.forward_chain)
+        log_variance = self._log_variance(chain, timestep, sample, predicted_variance)
+        if isinstance(log_variance, float):
+            return torch.tensor(log_variance, dtype=sample.dtype, device=sample.device)
+        return log_variance
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _log_variance(self, chain: DiffusionChain, t, sample: torch.Tensor, predicted_variance):
         variance_type = self.config.variance_type
         if variance_type in ("learned", "learned_range") and predicted_variance is None:
             raise ValueError(
                 f"variance_type={variance_type!r} needs a model that outputs 2x the sample's channels"
             )
         if variance_type in ("fixed_small", "fixed_small_log"):
-            return extract(chain.posterior_log_variance_clipped, timestep, sample)
+            return chain.lookup("posterior_log_variance_clipped", t, sample)
         if variance_type in ("fixed_large", "fixed_large_log"):
-            return extract(chain.log_betas, timestep, sample)
+            return chain.lookup("log_betas", t, sample)
         if variance_type == "learned":
             return torch.log(predicted_variance)
-        frac = (predicted_variance + 1) / 2  # learned_range
-        min_log = extract(chain.posterior_log_variance_clipped, timestep, sample)
-        max_log = extract(chain.log_betas, timestep, sample)
+        frac = (predicted_variance + 1) / 2  # learned_range, Nichol & Dhariwal eq. 15
+        min_log = chain.lookup("posterior_log_variance_clipped", t, sample)
+        max_log = chain.lookup("log_betas", t, sample)
         return frac * max_log + (1 - frac) * min_log
-
-    # ---- helpers ----------------------------------------------------------------------------
 
     def _predict_xstart(self, chain: DiffusionChain, model_output: torch.Tensor, sample: torch.Tensor, t):
         if self.config.prediction_type == "epsilon":
@@ -326,12 +347,23 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         return model_output, None
 
     @staticmethod
+    def _host_timestep(timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """A timestep already on the host as a Python int (free to read); device or batched ones as they are."""
+        if isinstance(timestep, (int, np.integer)):
+            return int(timestep)
+        if isinstance(timestep, torch.Tensor) and timestep.ndim == 0 and timestep.device.type == "cpu":
+            return int(timestep)
+        return timestep
+
+    @staticmethod
     def _draws_noise(t: int | torch.Tensor) -> bool:
         # A timestep on an accelerator is not read back (that would sync every step): noise is drawn
         # and the final-step mask zeroes it, which changes nothing but the generator's later state.
-        if isinstance(t, torch.Tensor) and t.device.type != "cpu":
+        if isinstance(t, int):
+            return t > 0
+        if t.device.type != "cpu":
             return True
-        return bool(torch.as_tensor(t) > 0)
+        return bool((t > 0).any())
 
     def _chain_on(self, device: torch.device, chain: DiffusionChain) -> DiffusionChain:
         key = (id(chain), str(device))

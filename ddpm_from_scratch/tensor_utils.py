@@ -34,10 +34,21 @@ def extract(table: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) ->
         raise ValueError(
             f"timesteps has batch size {timesteps.shape[0]} but the sample has batch size {like.shape[0]}"
         )
-    values = table[timesteps].to(device=like.device, dtype=like.dtype)
+    # index_select rather than table[timesteps]: indexing with a 0-d tensor reads the index back to
+    # the host (.item()), which is a device sync per lookup on a GPU and an error inside CUDA-graph
+    # capture. (Performance change, listed in docs/sections/performance.md.)
+    values = table.index_select(0, timesteps.reshape(-1)).reshape(timesteps.shape)
+    values = values.to(device=like.device, dtype=like.dtype)
     if values.ndim == 0 or like.ndim == 0:
         return values
     return append_dims(values, like.ndim)
+
+
+def add_scaled(x: torch.Tensor, scale: "float | torch.Tensor", y: torch.Tensor) -> torch.Tensor:
+    """x + scale * y, as one fused kernel when ``scale`` is a Python number."""
+    if isinstance(scale, (int, float)):
+        return torch.add(x, y, alpha=scale)
+    return x + scale * y
 
 
 def draw_noise(
@@ -64,6 +75,8 @@ def draw_noise(
     if generator is None:
         return torch.randn(shape, device=device, dtype=dtype)
     rand_device = generator.device
-    if rand_device.type != "cpu" and rand_device != torch.device(device):
+    if rand_device == device:
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    if rand_device.type != "cpu":
         raise ValueError(f"generator is on {rand_device} but the noise is wanted on {device}; use a CPU generator")
     return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)

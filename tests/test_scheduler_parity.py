@@ -241,6 +241,10 @@ def test_generator_lists_and_tuples():
         (dict(timestep_spacing="uniform"), "timestep_spacing must be one of"),
         (dict(num_train_timesteps=0), "num_train_timesteps must be a positive int"),
         (dict(dynamic_thresholding_ratio=1.5), "dynamic_thresholding_ratio"),
+        (dict(beta_start=-0.1), r"open interval \(0, 1\); beta_start=-0.1"),
+        (dict(beta_end=1.5), r"open interval \(0, 1\); beta_start=0.0001, beta_end=1.5"),
+        (dict(trained_betas=[0.1, 1.0], num_train_timesteps=2), r"open interval \(0, 1\); trained_betas"),
+        (dict(trained_betas=[[0.1]], num_train_timesteps=1), "non-empty 1-d"),
     ],
 )
 def test_bad_config_is_rejected(kwargs, match):
@@ -293,3 +297,22 @@ def test_public_posterior_and_training_target():
     assert torch.allclose(var.log(), log_var)
     assert ScratchDDPMScheduler(prediction_type="sample").training_target(x0, noise, t) is x0
     assert ScratchDDPMScheduler().training_target(x0, noise, t) is noise
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large", "learned_range"])
+def test_host_and_tensor_timesteps_take_the_same_step(variance_type):
+    """A Python int (Python-float coefficients) and a batched tensor (gathered tables) are one formula."""
+    sched = ScratchDDPMScheduler(variance_type=variance_type, prediction_type="v_prediction")
+    sched.set_timesteps(50)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 4, 4, generator=g)
+    out = torch.randn(3, 4 if variance_type == "learned_range" else 2, 4, 4, generator=g).tanh()
+    t = int(sched.timesteps[10])
+    a = sched.step(out, t, x, generator=torch.Generator().manual_seed(1))
+    b = sched.step(out, torch.full((3,), t), x, generator=torch.Generator().manual_seed(1))
+    c = sched.step(out, torch.tensor(t), x, generator=torch.Generator().manual_seed(1))
+    for field in ("prev_sample", "pred_original_sample"):
+        assert torch.allclose(getattr(a, field), getattr(b, field), atol=1e-6)
+        assert torch.equal(getattr(a, field), getattr(c, field))
+    with pytest.raises(ValueError, match=r"timestep must lie in \[0, 999\]"):
+        sched.step(out, 1000, x)
