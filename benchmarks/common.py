@@ -7,6 +7,7 @@ import time
 from typing import Callable, Sequence
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 
 def describe_device(device: torch.device) -> str:
@@ -47,3 +48,35 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     print("|" + "|".join("---" for _ in headers) + "|")
     for row in rows:
         print("| " + " | ".join(str(cell) for cell in row) + " |")
+
+
+def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:
+    """Most tensor memory alive at once during one call of ``fn``, beyond what was alive before it (MiB).
+
+    CUDA: torch.cuda.max_memory_allocated. CPU: the running sum of the allocation/free events that
+    torch.profiler(profile_memory=True) records (exact tensor bytes; allocator overhead not included).
+    Call ``fn`` once before measuring, so that lazy state (optimizer moments, compiled code) exists.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # "[memory]" events carry +bytes for each allocation and -bytes for each free
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def software_versions() -> str:
+    """diffusers and Python versions, for the tables' captions (describe_device names torch's)."""
+    import diffusers
+
+    return f"diffusers {diffusers.__version__}, Python {platform.python_version()}"

@@ -9,18 +9,28 @@ arguments its ``step`` accepts), and saves itself with its code so that
 ``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`` works without this package
 (layout and loaders in hub.py).
 
+Speed (docs/sections/performance.md, benchmarks/bench_sampling.py). With a scheduler that declares
+``sync_free_device_timesteps`` (ScratchDDPMScheduler), the timesteps live on the sample's device and
+the loop draws each step's noise itself (same generator stream, passed as ``variance_noise``), so
+no step reads anything back to the host: on a GPU the host queues steps ahead of the device instead
+of waiting for it several times per step. ``enable_fast_sampling`` adds what is off by default:
+``torch.compile`` of the UNet, bf16/fp16 autocast of the UNet, and on CUDA one CUDA graph per step.
+
 Remote-code rule: this module ships with every saved pipeline, so it imports only the standard
 library, torch, numpy, diffusers (and what diffusers requires) and siblings via single-dot imports.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +38,7 @@ import torch
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from .hub import (
@@ -40,6 +51,11 @@ from .hub import (
 )
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+# torch.compile modes that record CUDA graphs themselves; those cannot be nested in the step's graph
+CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+
+logger = logging.get_logger(__name__)
 
 
 def classifier_free_guidance(
@@ -72,6 +88,77 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+@dataclass(frozen=True)
+class FastSamplingOptions:
+    """The sampling speed-ups that are off by default (``ScratchDDPMPipeline.enable_fast_sampling``)."""
+
+    compile_kwargs: dict[str, Any] | None = None  # torch.compile arguments for the UNet; None: eager
+    cuda_graph: bool = False  # on CUDA, replay each denoising step from one CUDA graph
+    autocast_dtype: torch.dtype | None = None  # run the UNet under torch.autocast in this dtype
+
+
+def step_noise(
+    shape: tuple[int, ...], generator: Any, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """The z of one sampling step, drawn exactly as ``scheduler.step`` / diffusers' ``randn_tensor`` would
+    draw it from ``generator`` (same stream), on ``device`` without a host sync.
+
+    Noise from a CPU generator for a CUDA sample goes through pinned memory with a non-blocking
+    copy: a plain ``.to("cuda")`` of pageable memory waits for the GPU to finish all queued work
+    (one sync per step). PyTorch's caching host allocator keeps each pinned buffer until its copy has
+    run, so the host can draw the next step's noise while the GPU works.
+    """
+    generators = generator if isinstance(generator, (list, tuple)) else [generator]
+    from_host = generators[0] is not None and generators[0].device.type == "cpu"
+    if device.type != "cuda" or not from_host:
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=dtype)
+    return noise.pin_memory().to(device, non_blocking=True)
+
+
+class CudaGraphStep:
+    """A denoising step ``step(sample, t, noise) -> next sample`` recorded once as a CUDA graph.
+
+    Each call copies its inputs into the graph's fixed input buffers (device to device, queued, no
+    sync) and replays the recorded kernels: one launch per step instead of one per operation, and no
+    Python between the kernels. The returned tensor is the graph's output buffer, overwritten by the
+    next call: clone it to keep it. The step must not read tensors back to the host (capture fails),
+    must not draw random numbers (the noise is an input) and must allocate nothing it returns besides
+    its output. ``t`` must be a device tensor: a host value would be recorded as a constant (the
+    scheduler turns host timesteps into Python-float coefficients). Not measured or tested on a GPU here (no GPU in this environment); on the CPU the
+    pipeline runs the step directly.
+    """
+
+    def __init__(self, step: Callable[..., torch.Tensor], sample: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                 warmup_steps: int = 2):
+        self.inputs = (sample.clone(), t.clone(), noise.clone())
+        # warm up on a side stream (as torch.cuda.graphs documents): lazy initialisation, cuDNN/cuBLAS
+        # autotuning and compilation happen here, not inside the capture
+        side = torch.cuda.Stream(device=sample.device)
+        side.wait_stream(torch.cuda.current_stream(sample.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup_steps):
+                step(*self.inputs)
+        torch.cuda.current_stream(sample.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(self.graph):
+                self.output = step(*self.inputs)
+        except RuntimeError as error:
+            raise RuntimeError(
+                "capturing the sampling step as a CUDA graph failed. A step that reads a tensor back to the "
+                "host cannot be captured (e.g. ScratchDDPMPipeline with a class-conditional ScratchUNet2DModel "
+                "checks its labels eagerly: add compile=True, which skips that check). Without CUDA graphs: "
+                f"enable_fast_sampling(cuda_graph=False). Cause: {error}"
+            ) from error
+
+    def __call__(self, sample: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        for buffer, value in zip(self.inputs, (sample, t, noise)):
+            buffer.copy_(value)
+        self.graph.replay()
+        return self.output
+
+
 class ScratchDDPMPipeline(DiffusionPipeline):
     """Sample images from a DDPM: a UNet that predicts the noise and a scheduler that steps x_t -> x_{t-1}.
 
@@ -84,6 +171,77 @@ class ScratchDDPMPipeline(DiffusionPipeline):
     def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self.fast_sampling = FastSamplingOptions()
+        self._compiled_unet: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (unet, compiled unet)
+        self._warned_no_cuda_graph = False
+
+    # ---- speed-ups -------------------------------------------------------------------------------
+
+    def enable_fast_sampling(
+        self,
+        compile: bool | dict[str, Any] = False,
+        cuda_graph: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        """Turn on the sampling speed-ups that are off by default (measured in benchmarks/bench_sampling.py).
+
+        Args:
+            compile: ``torch.compile`` the UNet: True, or a dict of torch.compile arguments (e.g.
+                ``{"mode": "max-autotune-no-cudagraphs"}``). Compiled on the first call, reused after.
+                Same images up to float rounding.
+            cuda_graph: on CUDA, record one denoising step (UNet and scheduler step) as a CUDA graph at
+                the start of each call and replay it for every step. Needs a scheduler with
+                ``sync_free_device_timesteps`` (ScratchDDPMScheduler). Off CUDA the step runs as usual
+                (with a warning). Not measured on a GPU in this project yet.
+            autocast_dtype: ``torch.bfloat16`` or ``torch.float16``: the UNet runs under
+                ``torch.autocast`` in that dtype; the sample and the scheduler's arithmetic stay in the
+                pipeline's dtype (float32), so only the network's rounding changes.
+        """
+        if isinstance(compile, bool):
+            compile_kwargs = {} if compile else None
+        elif isinstance(compile, dict):
+            compile_kwargs = dict(compile)
+        else:
+            raise ValueError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
+        if not isinstance(cuda_graph, bool):
+            raise ValueError(f"cuda_graph must be a bool, got {cuda_graph!r}")
+        if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast_dtype must be None or one of {AUTOCAST_DTYPES}, got {autocast_dtype!r}")
+        if cuda_graph and compile_kwargs and compile_kwargs.get("mode") in CUDA_GRAPH_COMPILE_MODES:
+            raise ValueError(
+                f"compile mode {compile_kwargs['mode']!r} records CUDA graphs itself, which cannot be nested in "
+                "cuda_graph=True; use cuda_graph=False with it, or mode 'max-autotune-no-cudagraphs'"
+            )
+        options = FastSamplingOptions(compile_kwargs, cuda_graph, autocast_dtype)
+        if cuda_graph:
+            self._check_sync_free_scheduler("cuda_graph=True")
+        self.fast_sampling = options
+        self._compiled_unet = None
+
+    def disable_fast_sampling(self) -> None:
+        """Back to the defaults: eager UNet in the pipeline's dtype, no CUDA graph."""
+        self.fast_sampling = FastSamplingOptions()
+        self._compiled_unet = None
+
+    def _has_sync_free_scheduler(self) -> bool:
+        return bool(getattr(self.scheduler, "sync_free_device_timesteps", False))
+
+    def _check_sync_free_scheduler(self, what: str) -> None:
+        if not self._has_sync_free_scheduler():
+            raise ValueError(
+                f"{what} needs a scheduler whose step runs on device timesteps without host syncs and takes "
+                f"variance_noise (sync_free_device_timesteps = True, e.g. ScratchDDPMScheduler); "
+                f"{type(self.scheduler).__name__} is not one"
+            )
+
+    def _sampling_unet(self) -> torch.nn.Module:
+        """The UNet the loop calls: the compiled one if compile is on (compiled once per UNet)."""
+        compile_kwargs = self.fast_sampling.compile_kwargs
+        if compile_kwargs is None:
+            return self.unet
+        if self._compiled_unet is None or self._compiled_unet[0] is not self.unet:
+            self._compiled_unet = (self.unet, torch.compile(self.unet, **compile_kwargs))
+        return self._compiled_unet[1]
 
     # ---- sampling ------------------------------------------------------------------------------
 
@@ -164,10 +322,12 @@ class ScratchDDPMPipeline(DiffusionPipeline):
             kwargs["eta"] = eta
         return kwargs
 
-    def _set_timesteps(self, num_inference_steps: int) -> None:
-        # timesteps stay on the CPU, as in diffusers' DDPMPipeline/DDIMPipeline (the UNet moves them)
+    def _set_timesteps(self, num_inference_steps: int, device: torch.device) -> None:
+        # On the sample's device for a sync-free scheduler (no copy per step); otherwise on the CPU, as in
+        # diffusers' DDPMPipeline/DDIMPipeline (their steps index CPU tables with them; the UNet moves them)
+        kwargs = {"device": device} if self._has_sync_free_scheduler() else {}
         try:
-            self.scheduler.set_timesteps(num_inference_steps)
+            self.scheduler.set_timesteps(num_inference_steps, **kwargs)
         except (ValueError, ZeroDivisionError) as error:
             raise ValueError(
                 f"num_inference_steps={num_inference_steps} is not accepted by {type(self.scheduler).__name__} "
@@ -182,16 +342,23 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         null_labels: torch.Tensor | None,
         guidance_scale: float | None,
     ) -> torch.Tensor:
-        """The model output for ``scheduler.step``; with guidance, one UNet call on [cond | uncond]."""
+        """The model output for ``scheduler.step``, in the sample's dtype; with guidance, one UNet call on
+        [cond | uncond]."""
         model_input = sample
         if hasattr(self.scheduler, "scale_model_input"):
             model_input = self.scheduler.scale_model_input(sample, t)
-        if labels is None:
-            return self.unet(model_input, t).sample
-        if guidance_scale is None or guidance_scale == 1.0:  # w = 1 is the conditional model itself
-            return self.unet(model_input, t, class_labels=labels).sample
-        both = self.unet(torch.cat([model_input, model_input]), t, class_labels=torch.cat([labels, null_labels])).sample
-        cond, uncond = both.chunk(2)
+        unet = self._sampling_unet()
+        autocast_dtype = self.fast_sampling.autocast_dtype
+        # cache_enabled=False: autocast's weight-cast cache must not outlive a CUDA-graph capture
+        autocast = (nullcontext() if autocast_dtype is None
+                    else torch.autocast(sample.device.type, dtype=autocast_dtype, cache_enabled=False))
+        with autocast:
+            if labels is None:
+                return unet(model_input, t).sample.to(sample.dtype)
+            if guidance_scale is None or guidance_scale == 1.0:  # w = 1 is the conditional model itself
+                return unet(model_input, t, class_labels=labels).sample.to(sample.dtype)
+            both = unet(torch.cat([model_input, model_input]), t, class_labels=torch.cat([labels, null_labels])).sample
+        cond, uncond = both.to(sample.dtype).chunk(2)
         channels = sample.shape[1]
         # a learned variance (output = [eps | v]) is not guided: keep the conditional branch's
         guided = classifier_free_guidance(uncond[:, :channels], cond[:, :channels], guidance_scale)
@@ -229,10 +396,12 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         The progress bar is diffusers' own: ``pipe.set_progress_bar_config(disable=True)`` turns it off.
         """
         self._check_arguments(batch_size, generator, num_inference_steps, guidance_scale, output_type)
+        if self.fast_sampling.cuda_graph:  # the scheduler may have been replaced since enable_fast_sampling
+            self._check_sync_free_scheduler("enable_fast_sampling(cuda_graph=True)")
         device = self._execution_device
         labels, null_labels = self._class_labels(class_labels, guidance_scale, batch_size, device)
         step_kwargs = self._step_kwargs(generator, eta)
-        self._set_timesteps(num_inference_steps)
+        self._set_timesteps(num_inference_steps, device)
 
         config = self.unet.config
         size = config.sample_size
@@ -244,9 +413,13 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         sample = randn_tensor(shape, generator=generator, device=noise_device, dtype=self.unet.dtype).to(device)
         sample = sample * getattr(self.scheduler, "init_noise_sigma", 1.0)
 
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_output = self._predict_noise(sample, t, labels, null_labels, guidance_scale)
-            sample = self.scheduler.step(model_output, t, sample, **step_kwargs).prev_sample
+        step = functools.partial(self._denoising_step, labels=labels, null_labels=null_labels,
+                                 guidance_scale=guidance_scale, step_kwargs=step_kwargs)
+        if self._has_sync_free_scheduler():
+            sample = self._sync_free_loop(step, sample, generator)
+        else:
+            for t in self.progress_bar(self.scheduler.timesteps):
+                sample = step(sample, t)
 
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
@@ -257,6 +430,56 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         if not return_dict:
             return (image,)
         return ImagePipelineOutput(images=image)
+
+    def _denoising_step(
+        self,
+        sample: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        *,
+        labels: torch.Tensor | None,
+        null_labels: torch.Tensor | None,
+        guidance_scale: float | None,
+        step_kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        """x_t -> x_{t-1}: the noise prediction, then ``scheduler.step`` (with ``noise`` as its z if given)."""
+        model_output = self._predict_noise(sample, t, labels, null_labels, guidance_scale)
+        if noise is not None:
+            step_kwargs = {**step_kwargs, "variance_noise": noise}
+        return self.scheduler.step(model_output, t, sample, **step_kwargs).prev_sample
+
+    def _host_timesteps(self) -> list[int]:
+        """The scheduler's timesteps read back once, before the loop (the loop itself reads nothing)."""
+        return self.scheduler.timesteps.cpu().tolist()
+
+    def _sync_free_loop(self, step: Callable[..., torch.Tensor], sample: torch.Tensor, generator: Any) -> torch.Tensor:
+        """The sampling loop for a sync-free scheduler: timesteps on the device, noise drawn here.
+
+        Nothing in the loop reads the device: the only host-side decision, whether a step draws noise,
+        is made from a CPU copy of the timesteps taken once. Noise is drawn where diffusers draws it
+        (t > 0), from the same generator stream, so images and the generator's final state are those
+        of the plain loop (and of diffusers' DDPMPipeline). Steps with t = 0 get zeros (no noise is
+        added there: on a device the scheduler masks it, on the CPU it skips it).
+        """
+        timesteps = self.scheduler.timesteps
+        host_timesteps = self._host_timesteps()
+        zeros = torch.zeros_like(sample)
+        use_graph = self.fast_sampling.cuda_graph and sample.device.type == "cuda"
+        if self.fast_sampling.cuda_graph and not use_graph and not self._warned_no_cuda_graph:
+            logger.warning(f"cuda_graph=True has no effect on {sample.device.type}: sampling without a CUDA graph")
+            self._warned_no_cuda_graph = True
+        graph = None
+        for i in self.progress_bar(range(len(host_timesteps))):
+            t = timesteps[i]
+            noise = step_noise(sample.shape, generator, sample.device, sample.dtype) if host_timesteps[i] > 0 else zeros
+            if use_graph:
+                if graph is None:  # recorded per call: the scheduler's tables for this call are in it
+                    graph = CudaGraphStep(step, sample, t, noise)
+                sample = graph(sample, t, noise)
+            else:
+                sample = step(sample, t, noise)
+        # a copy: the graph's output buffer belongs to the graph's private memory pool
+        return sample.clone() if graph is not None else sample
 
     # ---- saving, loading, publishing -----------------------------------------------------------
 

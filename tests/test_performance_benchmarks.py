@@ -1,0 +1,66 @@
+"""The benchmark scripts run end to end (tiny settings, CPU) and print the tables the docs quote.
+
+No timing is asserted here (timings live in the scripts' output); what is checked is that both
+models/pipelines ran, and that the sampling benchmark compares the same function (same images).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_script(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def table_rows(output: str) -> list[list[str]]:
+    lines = [line for line in output.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_train_prints_both_models_with_ratios(capsys):
+    load_script("bench_train").main(
+        ["--preset", "digits", "--batch-size", "2", "--iters", "1", "--rounds", "1", "--warmup", "1",
+         "--mixed-precision", "bf16", "--channels-last"]
+    )
+    output = capsys.readouterr().out
+    assert "Training step (forward, backward, clip, AdamW, EMA) on CPU" in output
+    [row] = table_rows(output)
+    preset, batch, settings, ours, theirs, ratio, ours_mib, theirs_mib, memory_ratio = row
+    assert (preset, batch, settings) == ("digits", "2", "bf16 autocast, fused AdamW, channels_last")
+    assert float(ours) > 0 and float(theirs) > 0 and ratio.endswith("x")
+    assert float(ours_mib) > 0 and float(theirs_mib) > 0
+
+
+def test_bench_sampling_compares_the_same_function(capsys):
+    # rows 0, 2, 4: diffusers' DDPMPipeline, ours, ours with bf16 autocast
+    load_script("bench_sampling").main(
+        ["--preset", "digits", "--batch-size", "2", "--steps", "3", "--rounds", "1", "--rows", "0,2,4"]
+    )
+    rows = {row[0]: row for row in table_rows(capsys.readouterr().out)}
+    assert list(rows) == ["diffusers DDPMPipeline", "ours", "ours, bf16 autocast"]
+    assert float(rows["ours"][-1]) < 1e-4  # converted weights + our scheduler: diffusers' images
+    assert float(rows["ours, bf16 autocast"][-1]) > 0  # autocast really ran in bf16
