@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +33,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import describe_device, software_versions  # noqa: E402
 
 from ddpm_from_scratch.convert import diffusers_config_from_scratch  # noqa: E402
 from ddpm_from_scratch.unet import UNET_PRESETS, ScratchUNet2DModel  # noqa: E402
@@ -147,25 +148,6 @@ def forward_gflops_per_image(preset: str) -> dict[str, float]:
     return flops
 
 
-def device_description(device: str) -> str:
-    versions = f"torch {torch.__version__}"
-    try:
-        import diffusers
-
-        versions += f", diffusers {diffusers.__version__}"
-    except ImportError:  # pragma: no cover
-        pass
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(device)} ({versions})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs visible, {torch.get_num_threads()} torch threads ({versions})"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -185,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     iters = args.iters or (10 if on_cuda else 1)
     modes = args.modes.split(",") if args.modes else (MODES_CUDA if args.device.startswith("cuda") else MODES_CPU)
     presets = args.presets.split(",")
-    print(f"device: {device_description(args.device)}\n")
+    print(f"device: {describe_device(torch.device(args.device))}, {software_versions()}\n")
 
     print("| preset | params (ours / diffusers) | forward GFLOPs per image (ours / diffusers) |")
     print("|---|---|---|")
