@@ -35,7 +35,6 @@ import torch
 warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from common import describe_device, print_table, software_versions, synchronize  # noqa: E402
 
 from ddpm_from_scratch.convert import convert_diffusers_unet, diffusers_config_from_scratch  # noqa: E402
@@ -99,6 +98,27 @@ def sample(pipeline: Any, batch_size: int, steps: int, device: torch.device, gen
     return torch.as_tensor(images)
 
 
+def measure(pipelines: dict[str, Any], rows: list[Row], batch_size: int, steps: int, rounds: int, device: torch.device,
+            generator_device: str) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Each row's images after min(steps, COMPARED_STEPS) steps (float32, on the CPU), and the median
+    seconds of one ``steps``-step call over ``rounds`` alternating rounds.
+
+    Every pipeline is called once with 2 steps first (compilation, CUDA-graph capture, lazy init).
+    """
+    images = {}
+    for row in rows:
+        sample(pipelines[row.name], batch_size, 2, device, generator_device)
+        images[row.name] = sample(pipelines[row.name], batch_size, min(steps, COMPARED_STEPS), device,
+                                  generator_device).float().cpu()
+    seconds: dict[str, list[float]] = {row.name: [] for row in rows}
+    for _ in range(rounds):
+        for row in rows:
+            start = time.perf_counter()
+            sample(pipelines[row.name], batch_size, steps, device, generator_device)
+            seconds[row.name].append(time.perf_counter() - start)
+    return images, {name: statistics.median(times) for name, times in seconds.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -122,25 +142,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.rows:
         rows = [rows[int(i)] for i in args.rows.split(",")]
     pipelines = build_pipelines(preset, rows, device)
+    images, seconds = measure(pipelines, rows, batch_size, steps, rounds, device, args.generator)
+    reference = images[rows[0].name]
+    differences = {name: (image - reference).abs().max().item() for name, image in images.items()}
 
-    reference = None
-    differences = {}
-    for row in rows:  # warm-up (2 steps), then the images to compare
-        sample(pipelines[row.name], batch_size, 2, device, args.generator)
-        images = sample(pipelines[row.name], batch_size, min(steps, COMPARED_STEPS), device, args.generator).float().cpu()
-        reference = images if reference is None else reference
-        differences[row.name] = (images - reference).abs().max().item()
-    seconds: dict[str, list[float]] = {row.name: [] for row in rows}
-    for _ in range(rounds):
-        for row in rows:
-            start = time.perf_counter()
-            sample(pipelines[row.name], batch_size, steps, device, args.generator)
-            seconds[row.name].append(time.perf_counter() - start)
-
-    baseline = statistics.median(seconds[rows[0].name])
+    baseline = seconds[rows[0].name]
     table = []
     for row in rows:
-        s = statistics.median(seconds[row.name])
+        s = seconds[row.name]
         table.append([row.name, f"{steps / s:.2f}", f"{batch_size * steps / s:.{0 if batch_size * steps / s >= 100 else 1}f}", f"{baseline / s:.2f}x",
                       f"{differences[row.name]:.1e}"])
     print(f"Sampling, {preset} UNet, batch {batch_size}, {steps} steps, {args.generator} generator, on "

@@ -43,7 +43,6 @@ import torch
 warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from common import describe_device, peak_memory_mib, print_table, software_versions, synchronize  # noqa: E402
 
 from ddpm_from_scratch.convert import diffusers_config_from_scratch  # noqa: E402
@@ -57,6 +56,8 @@ DEFAULTS = {  # device type -> (presets, batch size per preset, mixed precision,
     "cuda": ("cifar10", {"digits": 1024, "cifar10": 128}, "bf16", {"digits": 20, "cifar10": 20}),
 }
 AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# the speed-ups --sweep and ladder() turn on: Settings field -> value when on
+TOOLS = {"fused_adam": True, "mixed_precision": "bf16", "channels_last": True, "compile": True}
 
 
 @dataclass
@@ -121,10 +122,22 @@ def make_batch(preset: str, batch_size: int, settings: Settings) -> torch.Tensor
 
 def sweep(settings: Settings) -> list[Settings]:
     """``settings``, then each tool it lacks turned on alone, then all of them together."""
-    changes = {"fused_adam": True, "mixed_precision": "bf16", "channels_last": True, "compile": True}
-    missing = {key: value for key, value in changes.items() if getattr(settings, key) != value}
+    missing = {key: value for key, value in TOOLS.items() if getattr(settings, key) != value}
     variants = [settings] + [dataclasses.replace(settings, **{key: value}) for key, value in missing.items()]
     return variants + [dataclasses.replace(settings, **missing)] if len(missing) > 1 else variants
+
+
+def ladder(settings: Settings) -> list[Settings]:
+    """``settings``, then the tools it lacks turned on one after another, each row keeping the ones before.
+
+    Order: fused AdamW, bf16 autocast (with both, the row is what training/train.py runs with
+    --mixed_precision bf16), channels_last, torch.compile.
+    """
+    variants = [settings]
+    for key, value in TOOLS.items():
+        if getattr(variants[-1], key) != value:
+            variants.append(dataclasses.replace(variants[-1], **{key: value}))
+    return variants
 
 
 def measure(preset: str, batch_size: int, variants: list[Settings], warmup: int, iters: int, rounds: int,

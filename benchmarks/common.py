@@ -42,12 +42,15 @@ def time_per_call(fn: Callable[[], object], device: torch.device, warmup: int, i
     return sorted(times)[len(times) // 2]
 
 
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-markdown table, as text (no final newline)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """A GitHub-markdown table on stdout."""
-    print("| " + " | ".join(headers) + " |")
-    print("|" + "|".join("---" for _ in headers) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(cell) for cell in row) + " |")
+    print(markdown_table(headers, rows))
 
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float:

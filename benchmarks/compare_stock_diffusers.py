@@ -11,8 +11,8 @@ minutes our preset's training took (run both with ``OMP_NUM_THREADS=1`` on a sha
 
 Both models are then measured the same way: the wall and CPU time to draw ``--num-samples`` samples (each
 with its own default sampling, or ``--ours-steps`` / ``--ours-variance`` for ours) and the
-sample-quality figures of those samples against the held-out digits (``ddpm_from_scratch.evaluate``
-sampling, ``ddpm_from_scratch.sample_quality`` figures), so N is equal for both rows.
+sample-quality figures of those samples against the held-out digits (``ddpm_from_scratch.digits.evaluation``
+sampling, ``ddpm_from_scratch.digits.quality`` figures), so N is equal for both rows.
 
     python benchmarks/compare_stock_diffusers.py --ours digits-ddpm --minutes 3.9 --output_dir stock-ddpm \
         --num-samples 100 --batch-size 100 --ours-steps 1000 100
@@ -38,9 +38,10 @@ from diffusers.training_utils import EMAModel
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import describe_device, print_table  # noqa: E402
 
-from ddpm_from_scratch.digits import load_digits_dataset  # noqa: E402
-from ddpm_from_scratch.evaluate import load_pipeline, sample_digits  # noqa: E402
-from ddpm_from_scratch.sample_quality import SampleQualityEvaluator  # noqa: E402
+from ddpm_from_scratch.digits.data import load_digits_dataset  # noqa: E402
+from ddpm_from_scratch.digits.evaluation import load_pipeline, sample_digits  # noqa: E402
+from ddpm_from_scratch.digits.quality import SampleQualityEvaluator  # noqa: E402
+from ddpm_from_scratch.image_utils import uint8_to_model_range  # noqa: E402
 
 # train_unconditional.py's UNet (layers_per_block 2, one attention level second from the bottom, here
 # the only middle level) with 3 levels instead of 6, since 8x8 halves only twice to 2x2.
@@ -60,8 +61,8 @@ WARMUP_STEPS = 500
 
 def digits_train_tensor() -> torch.Tensor:
     """The ``train`` split as float32 (1437, 1, 8, 8) in [-1, 1], the scaling our trainer uses."""
-    images = np.stack([np.asarray(image, dtype=np.float32) for image in load_digits_dataset()["train"]["image"]])
-    return torch.from_numpy(images / 127.5 - 1.0).unsqueeze(1)
+    images = np.stack([np.asarray(image, dtype=np.uint8) for image in load_digits_dataset()["train"]["image"]])
+    return uint8_to_model_range(images).unsqueeze(1)
 
 
 def train_stock(minutes: float, output_dir: str, seed: int, wall: bool = False) -> dict[str, float]:

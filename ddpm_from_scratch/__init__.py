@@ -18,21 +18,17 @@ _EXPORTS = {
     "ScratchUNet2DModel": "unet",
     "UNET_PRESETS": "unet",
     "convert_diffusers_unet": "convert",
-    "ModelCardInfo": "hub",
-    "evaluate_samples": "sample_quality",
+    "ModelCardInfo": "model_card",
     "nll_bits_per_dim": "likelihood",
     "ScratchDDPMPipeline": "pipeline",
-    "load_digits_dataset": "digits",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .convert import convert_diffusers_unet
-    from .digits import load_digits_dataset
-    from .hub import ModelCardInfo
+    from .model_card import ModelCardInfo
     from .likelihood import nll_bits_per_dim
-    from .sample_quality import evaluate_samples
     from .pipeline import ScratchDDPMPipeline
     from .scheduler import ScratchDDPMScheduler, ScratchDDPMSchedulerOutput
     from .unet import UNET_PRESETS, ScratchUNet2DModel

@@ -9,15 +9,12 @@ Weights map one to one, except attention: diffusers' separate to_q/to_k/to_v lin
 linear (`qkv`, output rows [q | k | v]). A class-conditional
 model gains one zero row in its class table: the null class used for classifier-free guidance.
 
-Command line (a local diffusers model folder, or a pipeline folder with a `unet/` subfolder, or a Hub id):
-    python -m ddpm_from_scratch.convert google/ddpm-cifar10-32 ./ddpm-cifar10-32-scratch
+Command line: `ddpm-convert-unet` (ddpm_from_scratch/cli/convert.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -253,31 +250,3 @@ def convert_diffusers_unet(
     if dtype != model.dtype:
         model = model.to(dtype)
     return model.eval()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", help="diffusers UNet2DModel folder, pipeline folder with unet/, or Hub id")
-    parser.add_argument("output", help="folder to write the ScratchUNet2DModel to (save_pretrained)")
-    parser.add_argument("--subfolder", default=None, help="subfolder of source holding the UNet (default: auto)")
-    args = parser.parse_args(argv)
-
-    from diffusers import UNet2DModel
-
-    if args.subfolder is not None:
-        source = UNet2DModel.from_pretrained(args.source, subfolder=args.subfolder)
-    elif os.path.isdir(args.source):
-        has_unet_folder = os.path.isdir(os.path.join(args.source, "unet"))
-        source = UNet2DModel.from_pretrained(args.source, subfolder="unet" if has_unet_folder else None)
-    else:  # a Hub id: pipelines keep the model in unet/, model repos at the root
-        try:
-            source = UNet2DModel.from_pretrained(args.source, subfolder="unet")
-        except OSError:
-            source = UNet2DModel.from_pretrained(args.source)
-    model = convert_diffusers_unet(source)
-    model.save_pretrained(args.output)
-    print(f"wrote {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) to {args.output}")
-
-
-if __name__ == "__main__":
-    main()

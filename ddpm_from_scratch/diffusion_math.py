@@ -1,14 +1,18 @@
-"""The derivation's formulas as code, one method per formula.
+"""The derivation's formulas as code, one method per formula, and the one reverse step built from them.
 
-Equation ids refer to ``shared/derivation/README.md`` (the English map of the derivation):
-F1/F2/F4 forward process, P1-P3 posterior, E3/E4 the derivation's slips *as corrected*.
-Notation: alpha_t = 1 - beta_t, abar_t = prod_{i<=t} alpha_i (a product, no square root: E1).
+Equation ids refer to ``docs/derivation.md``: F1/F2/F4 forward process, P1-P3 posterior, E3/E4 the
+derivation's slips *as corrected*. Notation: alpha_t = 1 - beta_t, abar_t = prod_{i<=t} alpha_i
+(a product, no square root: E1).
 
 A :class:`DiffusionChain` holds every per-timestep coefficient as a float64 table indexed by the
 timestep itself (length T). Building the tables once and gathering with ``timesteps`` keeps the hot
 paths free of Python loops and host syncs, and the same lookup serves the training chain
 (t -> t-1) and strided sampling chains (t -> previous timestep of ``set_timesteps``): for a step
 t -> s the single-step quantities are those of the merged step, alpha_{t|s} = abar_t / abar_s.
+
+``p_mean_variance`` is THE reverse step p_theta(x_s | x_t): the sampler (``ScratchDDPMScheduler.step``),
+the variational bound (``likelihood``) and the hybrid loss (``losses``) all take it, so bits/dim
+always describe the distribution the sampler draws from.
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ from functools import cached_property
 
 import torch
 
-from .tensor_utils import add_scaled, extract
+from .tensor_utils import add_scaled, append_dims, extract
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+FIXED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")  # the model outputs 2C channels: [mean part | variance part]
+VARIANCE_TYPES = FIXED_VARIANCE_TYPES + LEARNED_VARIANCE_TYPES
 
 Coefficient = "float | torch.Tensor"  # a Python float for a scalar timestep, else a broadcastable tensor
 
@@ -31,7 +40,8 @@ class DiffusionChain:
     alphas_cumprod: torch.Tensor  # abar_t
     alphas_cumprod_prev: torch.Tensor  # abar_s, 1 at the final step (x_{-1} := x_0 exactly)
     betas: torch.Tensor  # beta_{t|s} = 1 - abar_t / abar_s, the merged step's beta
-    log_betas: torch.Tensor  # log beta_{t|s}: the "fixed_large" log-variance
+    log_betas: torch.Tensor  # log beta_{t|s}: the upper end of the "learned_range" interpolation
+    fixed_large_log_variance: torch.Tensor  # log beta_{t|s}, the final step's replaced (see below)
     not_final: torch.Tensor  # 1 where the step adds noise, 0 on the chain's final step (prev < 0)
     sqrt_alphas_cumprod: torch.Tensor
     sqrt_one_minus_alphas_cumprod: torch.Tensor
@@ -60,12 +70,18 @@ class DiffusionChain:
         successors = _successor_timesteps(prev_timesteps)
         clip_value = torch.where(successors >= 0, posterior_variance[successors.clamp(min=0)], 1e-20)
         posterior_log_variance_clipped = torch.log(torch.where(is_final, clip_value, posterior_variance))
+        # The final step's "fixed_large" variance is the decoder's: beta~ of the step into it, not beta,
+        # as in Ho et al.'s diffusion_utils_2.py ("to get a better decoder log likelihood"). The sampler
+        # adds no noise on the final step, so only the bound's L_0 sees it.
+        log_betas = betas.log()
+        fixed_large_log_variance = torch.where(is_final, posterior_log_variance_clipped, log_betas)
         return cls(
             prev_timesteps=prev_timesteps,
             alphas_cumprod=alphas_cumprod,
             alphas_cumprod_prev=alphas_cumprod_prev,
             betas=betas,
-            log_betas=betas.log(),
+            log_betas=log_betas,
+            fixed_large_log_variance=fixed_large_log_variance,
             not_final=(prev_timesteps >= 0).to(torch.float64),
             sqrt_alphas_cumprod=alphas_cumprod.sqrt(),
             sqrt_one_minus_alphas_cumprod=(1 - alphas_cumprod).sqrt(),
@@ -195,3 +211,129 @@ def _successor_timesteps(prev_timesteps: torch.Tensor) -> torch.Tensor:
     has_prev = prev_timesteps >= 0
     successors = torch.full_like(prev_timesteps, -1)
     return successors.scatter_reduce(0, prev_timesteps[has_prev], timesteps[has_prev], reduce="amax")
+
+
+# ---- the reverse step p_theta(x_s | x_t) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReverseStep:
+    """p_theta(x_s | x_t) = N(mean, exp(log_variance) I), and the x_0 prediction the mean was built from.
+
+    ``log_variance`` broadcasts against ``mean``; it is a Python float for a Python-int timestep
+    under a fixed variance type (the scheduler's fast path).
+    """
+
+    mean: torch.Tensor
+    log_variance: float | torch.Tensor
+    pred_xstart: torch.Tensor
+
+
+def split_model_output(
+    model_output: torch.Tensor, x_t: torch.Tensor, variance_type: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(mean part, variance part) of a model output for ``variance_type``.
+
+    A learned variance type needs 2C output channels for a C-channel ``x_t``: [mean part | variance
+    part]. Under a fixed variance type the output has C channels, or 2C whose variance half is
+    ignored (as diffusers' DDPMScheduler does), and the variance part is None.
+    """
+    channels, out_channels = x_t.shape[1], model_output.shape[1]
+    learned = variance_type in LEARNED_VARIANCE_TYPES
+    if out_channels == 2 * channels and channels > 0:
+        mean_part, variance_part = torch.split(model_output, channels, dim=1)
+        return mean_part, (variance_part if learned else None)
+    if out_channels != channels:
+        raise ValueError(
+            f"model_output has {out_channels} channels; expected {channels} (the sample's) "
+            f"or {2 * channels} (with a variance prediction)"
+        )
+    if learned:
+        raise ValueError(
+            f"variance_type={variance_type!r} needs a model that outputs 2x the sample's channels "
+            f"({2 * channels}), got model_output with {out_channels} channels"
+        )
+    return model_output, None
+
+
+def predict_xstart(chain: DiffusionChain, model_output: torch.Tensor, x_t: torch.Tensor, t, prediction_type: str):
+    """x_0 from the mean part of a model output: E4 corrected (epsilon), the output itself (sample), or from v."""
+    if prediction_type == "epsilon":
+        return chain.predict_xstart_from_eps(x_t, model_output, t)
+    if prediction_type == "sample":
+        return model_output
+    if prediction_type == "v_prediction":
+        return chain.predict_xstart_from_v(x_t, model_output, t)
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def dynamic_threshold(x_start: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Dynamic thresholding (Saharia et al. 2022, sec. 2.3): s = the ``ratio`` quantile of |x_0| per
+    sample, clamped to [1, max_value]; x_0 is clipped to [-s, s] and divided by s."""
+    dtype = x_start.dtype
+    flat = x_start.reshape(x_start.shape[0], -1)
+    if dtype not in (torch.float32, torch.float64):
+        flat = flat.float()  # quantile is not implemented for half precision
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value)
+    s = append_dims(s, flat.ndim)
+    return (flat.clamp(-s, s) / s).reshape(x_start.shape).to(dtype)
+
+
+def model_log_variance(
+    chain: DiffusionChain, t, like: torch.Tensor, variance_type: str, variance_output: torch.Tensor | None
+) -> Coefficient:
+    """log sigma_t^2 of p_theta(x_s | x_t) for ``variance_type`` (always a log-variance).
+
+    fixed_small(_log): log beta~_t (E3 corrected, clipped at the final step); fixed_large(_log):
+    log beta_t (beta~ of the step into the final step there); learned: log of the variance part
+    itself (diffusers' convention); learned_range: the variance part v in [-1, 1] interpolates,
+    log sigma^2 = (v+1)/2 log beta_t + (1-v)/2 log beta~_t (Nichol & Dhariwal 2021, eq. 15).
+    ``variance_output``: the variance part from ``split_model_output`` (learned types only).
+    """
+    if variance_type in ("fixed_small", "fixed_small_log"):
+        return chain.lookup("posterior_log_variance_clipped", t, like)
+    if variance_type in ("fixed_large", "fixed_large_log"):
+        return chain.lookup("fixed_large_log_variance", t, like)
+    if variance_type == "learned":
+        return torch.log(variance_output)
+    if variance_type == "learned_range":
+        frac = (variance_output + 1) / 2
+        min_log = chain.lookup("posterior_log_variance_clipped", t, like)
+        max_log = chain.lookup("log_betas", t, like)
+        return frac * max_log + (1 - frac) * min_log
+    raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
+
+
+def p_mean_variance(
+    chain: DiffusionChain,
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
+    t,
+    *,
+    prediction_type: str,
+    variance_type: str,
+    clip_sample: bool,
+    clip_sample_range: float,
+    thresholding: bool,
+    dynamic_thresholding_ratio: float,
+    sample_max_value: float,
+) -> ReverseStep:
+    """The reverse step p_theta(x_s | x_t), s = ``chain.prev_timesteps[t]``, from the model output at (x_t, t).
+
+    1. Split the output (``split_model_output``); 2. x_0 from its mean part (``predict_xstart``, E4
+    corrected for epsilon); 3. threshold x_0 dynamically (``thresholding``) or else clip it to
+    [-clip_sample_range, clip_sample_range] (``clip_sample``); 4. mean = posterior mean mu~(x_t, x_0),
+    eq. P2; 5. log-variance for ``variance_type`` (``model_log_variance``). ``t``: a Python int
+    (Python-float coefficients) or a tensor on the chain's device.
+    """
+    mean_output, variance_output = split_model_output(model_output, x_t, variance_type)
+    pred_xstart = predict_xstart(chain, mean_output, x_t, t, prediction_type)
+    if thresholding:
+        pred_xstart = dynamic_threshold(pred_xstart, dynamic_thresholding_ratio, sample_max_value)
+    elif clip_sample:
+        pred_xstart = pred_xstart.clamp(-clip_sample_range, clip_sample_range)
+    return ReverseStep(
+        mean=chain.q_posterior_mean(pred_xstart, x_t, t),
+        log_variance=model_log_variance(chain, t, x_t, variance_type, variance_output),
+        pred_xstart=pred_xstart,
+    )

@@ -1,14 +1,15 @@
-"""Turning sampled images into something to look at: grids and atomic PNG writes.
+"""Pixel scalings, grids of sampled images and atomic image writes.
 
-Sampling returns PIL images, (N, H, W, C) numpy arrays or (N, C, H, W) tensors in [0, 1]
-(the pipeline's ``output_type``); ``make_image_grid`` takes any of them.
+The model works on [-1, 1] (``uint8_to_model_range``: k -> k / 127.5 - 1, the paper's data scaling,
+sec. 3.3); the pipeline returns [0, 1] (PIL images, (N, H, W, C) numpy arrays or (N, C, H, W)
+tensors, its ``output_type``), which ``unit_range_to_uint8`` rounds back to 8-bit pixels.
+``make_image_grid`` takes any of the pipeline's outputs.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,28 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .atomic_io import atomic_write
+
 ImageBatch = Sequence[PIL.Image.Image] | np.ndarray | torch.Tensor
+
+
+def uint8_to_model_range(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """8-bit pixels k in 0..255 -> float32 k / 127.5 - 1 in [-1, 1], same shape.
+
+    The data scaling the model trains on (Ho et al. 2020, sec. 3.3); the bins of the discrete
+    decoder L_0 are centred on these values.
+    """
+    if isinstance(pixels, np.ndarray):
+        pixels = np.ascontiguousarray(pixels)  # torch cannot wrap negative strides
+    return torch.as_tensor(pixels).to(torch.float32) / 127.5 - 1.0
+
+
+def unit_range_to_uint8(images: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1] (the pipeline's output range) -> the nearest 8-bit value round(255 x), uint8.
+
+    Values outside [0, 1] are clipped first.
+    """
+    return np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def to_pil_images(images: ImageBatch) -> list[PIL.Image.Image]:
@@ -37,7 +59,7 @@ def to_pil_images(images: ImageBatch) -> list[PIL.Image.Image]:
                 f"images: an array batch must be (N, H, W) or (N, H, W, C) with C in 1, 3, 4; got {images.shape}"
             )
         if images.dtype != np.uint8:
-            images = (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
+            images = unit_range_to_uint8(images)
         if images.shape[-1] == 1:
             return [PIL.Image.fromarray(image[..., 0], mode="L") for image in images]
         return [PIL.Image.fromarray(image) for image in images]
@@ -96,22 +118,15 @@ def make_image_grid(
 
 
 def save_image_atomic(image: PIL.Image.Image, path: str | os.PathLike, format: str | None = None) -> Path:
-    """Write ``image`` to ``path`` through a temporary file in the same folder and a rename.
+    """Write ``image`` to ``path`` atomically (``atomic_io.atomic_write``).
 
     A crash mid-write leaves the previous file (if any) intact instead of a truncated PNG.
     The format comes from the suffix unless given.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image_format = format or PIL.Image.registered_extensions().get(path.suffix.lower())
     if image_format is None:
         raise ValueError(f"cannot tell the image format of {str(path)!r} from its suffix; use e.g. .png")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format=image_format)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as handle:
+        image.save(handle, format=image_format)
     return path

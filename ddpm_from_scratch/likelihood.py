@@ -1,8 +1,8 @@
 """The variational bound of DDPM, term by term, and the NLL of data in bits per dimension.
 
-The bound the code implements is the paper's (Ho et al. 2020, eq. 5), *not* the derivation's final
-line (slip E5 in ``shared/derivation/README.md``: that line is a "KL" between densities over
-different variables):
+The bound the code implements is the paper's (Ho et al. 2020, eq. 5; L1 in ``docs/derivation.md``),
+*not* the derivation's final line (slip E5: that line is a "KL" between densities over different
+variables):
 
     -log p_theta(x_0) <= L = L_T + sum_{t=2..T} L_{t-1} + L_0
     L_T     = KL(q(x_T | x_0) || N(0, I))                          prior_kl
@@ -16,14 +16,13 @@ nats / (dims * ln 2) (``nats_to_bits_per_dim``). Data are images in [-1, 1] that
 pixels (x = k / 127.5 - 1), so the bound is on the negative log-*probability* of the 8-bit image
 and is comparable with the paper's "<= 3.70 bits/dim" on CIFAR-10.
 
-p_theta(x_{t-1} | x_t) is the reverse step the sampler takes (``ScratchDDPMScheduler.step`` on the
-training chain): x_0 from the model output (``predict_original_sample``), clipped or thresholded as
-the scheduler's config says, mean = posterior mean P2 at that x_0, log-variance from
-``model_log_variance`` for the configured ``variance_type``. The one departure, at the decoder
-only: for ``fixed_large`` the decoder variance is beta~_1 (the posterior variance of the paper's
-t = 2), not beta_1, as in Ho et al.'s ``diffusion_utils_2.py`` and improved-diffusion
-(``np.append(posterior_variance[1], betas[1:])``, "to get a better decoder log likelihood"). The
-sampler never uses that variance (its last step adds no noise), so sampling is unchanged.
+p_theta(x_{t-1} | x_t) is the reverse step the sampler takes: ``ScratchDDPMScheduler.reverse_step``
+on the training chain, i.e. diffusion_math's ``p_mean_variance`` (x_0 from the model output, clipped
+or thresholded as the scheduler's config says, mean = posterior mean P2 at that x_0, log-variance for
+the configured ``variance_type``). For ``fixed_large`` its decoder variance is beta~_1 (the posterior
+variance of the paper's t = 2), not beta_1, as in Ho et al.'s ``diffusion_utils_2.py`` and
+improved-diffusion (``np.append(posterior_variance[1], betas[1:])``); the sampler adds no noise on
+its final step, so it never uses that variance.
 """
 
 from __future__ import annotations
@@ -34,14 +33,13 @@ from typing import Any, Callable
 
 import torch
 
-from .scheduler import ScratchDDPMScheduler, dynamic_threshold
+from .scheduler import ScratchDDPMScheduler
 from .tensor_utils import draw_noise
 
 LN2 = math.log(2.0)
 NUM_PIXEL_BINS = 256
 # half the width of one 8-bit bin in [-1, 1]: bins are centred on k / 127.5 - 1, k = 0..255
 HALF_BIN_WIDTH = 1.0 / 255.0
-_FIXED_LARGE = ("fixed_large", "fixed_large_log")
 
 
 # ---------------------------------------------------------------------------- Gaussian formulas
@@ -120,73 +118,6 @@ def sum_over_dims(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
-# ---------------------------------------------------------------------------- the model's reverse step
-
-
-@dataclass
-class ReverseStep:
-    """p_theta(x_{t-1} | x_t) = N(mean, exp(log_variance)), and the x_0 the mean was built from."""
-
-    mean: torch.Tensor
-    log_variance: torch.Tensor
-    pred_original_sample: torch.Tensor
-
-
-def split_model_output(model_output: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(mean part, variance part or None): a model with 2C output channels also predicts a variance."""
-    channels = x_t.shape[1]
-    if model_output.shape[1] == channels:
-        return model_output, None
-    if model_output.shape[1] == 2 * channels:
-        mean_part, variance_part = torch.split(model_output, channels, dim=1)
-        return mean_part, variance_part
-    raise ValueError(
-        f"model_output has {model_output.shape[1]} channels; expected {channels} (the sample's) "
-        f"or {2 * channels} (with a variance prediction)"
-    )
-
-
-def p_mean_variance(
-    model_output: torch.Tensor,
-    scheduler: ScratchDDPMScheduler,
-    x_t: torch.Tensor,
-    timesteps: torch.Tensor,
-    clip_denoised: bool | None = None,
-) -> ReverseStep:
-    """The reverse step p_theta(x_{t-1} | x_t) of the training chain (t -> t-1), as the sampler takes it.
-
-    x_0 = ``predict_original_sample`` (E4 corrected for epsilon), then clipped/thresholded as
-    ``scheduler.config`` says (``clip_denoised`` overrides clip_sample: True clips to
-    [-clip_sample_range, clip_sample_range], False leaves x_0 as predicted); mean = posterior mean
-    mu~(x_t, x_0) (P2); log-variance = ``model_log_variance`` for the configured ``variance_type``,
-    except that the decoder (t = 0) of ``fixed_large`` uses log beta~_1 (see the module docstring).
-    ``timesteps``: (B,) int64 on x_t's device.
-    """
-    config = scheduler.config
-    mean_output, variance_output = split_model_output(model_output, x_t)
-    learned = config.variance_type in ("learned", "learned_range")
-    if learned and variance_output is None:
-        raise ValueError(
-            f"variance_type={config.variance_type!r} needs a model that outputs 2x the sample's channels "
-            f"({2 * x_t.shape[1]}), got {model_output.shape[1]}"
-        )
-    pred_original_sample = scheduler.predict_original_sample(mean_output, x_t, timesteps)
-    clip = config.clip_sample if clip_denoised is None else clip_denoised
-    if config.thresholding and clip_denoised is None:
-        pred_original_sample = dynamic_threshold(
-            pred_original_sample, config.dynamic_thresholding_ratio, config.sample_max_value
-        )
-    elif clip:
-        pred_original_sample = pred_original_sample.clamp(-config.clip_sample_range, config.clip_sample_range)
-    mean, _, posterior_log_variance_clipped = scheduler.q_posterior_mean_variance(pred_original_sample, x_t, timesteps)
-    log_variance = scheduler.model_log_variance(timesteps, x_t, variance_output if learned else None)
-    if config.variance_type in _FIXED_LARGE:
-        # at t = 0 the clipped posterior log-variance *is* log beta~_1 (Ho et al.'s decoder variance)
-        is_decoder = (timesteps == 0).reshape(-1, *([1] * (x_t.ndim - 1)))
-        log_variance = torch.where(is_decoder, posterior_log_variance_clipped, log_variance)
-    return ReverseStep(mean=mean, log_variance=log_variance.expand_as(x_t), pred_original_sample=pred_original_sample)
-
-
 # ---------------------------------------------------------------------------- the bound's terms
 
 
@@ -236,9 +167,12 @@ def vlb_term(
     """The bound's term at each image's timestep: L_0 (decoder) where t = 0, L_t (posterior KL) where t >= 1.
 
     (B,) nats per image; ``timesteps`` may differ across the batch (as in training). ``model_output``
-    is the model's output at (x_t, t); see ``p_mean_variance`` for ``clip_denoised``.
+    is the model's output at (x_t, t); ``clip_denoised`` overrides the scheduler's x_0 clipping
+    (None: as the sampler does; see ``ScratchDDPMScheduler.reverse_step``).
     """
-    step = p_mean_variance(model_output, scheduler, x_t, timesteps, clip_denoised)
+    step = scheduler.reverse_step(
+        model_output, x_t, timesteps, chain=scheduler.forward_chain, clip_denoised=clip_denoised
+    )
     kl = posterior_kl_term(scheduler, x_start, x_t, timesteps, step.mean, step.log_variance)
     nll = decoder_nll(x_start, step.mean, step.log_variance)
     return torch.where(timesteps == 0, nll, kl)
@@ -384,7 +318,9 @@ def nll_bits_per_dim(
             noise = draw_noise(tuple(x0.shape), generator, device, dtype)
             x_t = scheduler.add_noise(x0, noise, timesteps)  # F2
             model_output = call_model(model, x_t.to(model_dtype), timesteps, kwargs).to(dtype)
-            step = p_mean_variance(model_output, scheduler, x_t, timesteps, clip_denoised)
+            step = scheduler.reverse_step(
+        model_output, x_t, timesteps, chain=scheduler.forward_chain, clip_denoised=clip_denoised
+    )
             if t == 0:
                 terms[:, t] = decoder_nll(x0, step.mean, step.log_variance)
             else:

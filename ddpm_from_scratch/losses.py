@@ -3,7 +3,7 @@
 Both take what one training step already has (x_0, the noise, the drawn timesteps, x_t and the
 model's output at (x_t, t)), so a trainer calls the model once and picks the loss:
 
-    L_simple = E_{t, x_0, eps} ||target - model(x_t, t)||^2                (derivation L2)
+    L_simple = E_{t, x_0, eps} ||target - model(x_t, t)||^2                (L2 in docs/derivation.md)
     L_hybrid = L_simple + lambda L_vlb,   L_vlb = sum_t L_t ~ T * L_t at a uniformly drawn t
 
 ``target`` is the noise, x_0 or v (``scheduler.training_target``). In L_vlb the mean half of the
@@ -12,29 +12,20 @@ v of Nichol & Dhariwal's eq. 15) while the mean is trained by L_simple alone (th
 Units follow improved-diffusion: MSE averaged over dimensions, L_t in bits/dim, and
 lambda = 0.001 multiplying T * L_t (improved-diffusion: ``vb * num_timesteps / 1000``). As there,
 the bound term uses the unclipped x_0 (``clip_denoised=False``): the model is trained, not sampled.
+The model output is split by diffusion_math's ``split_model_output``, the one check that a learned
+variance comes with 2C output channels.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .likelihood import nats_to_bits_per_dim, split_model_output, vlb_term
+from .diffusion_math import LEARNED_VARIANCE_TYPES, split_model_output
+from .likelihood import nats_to_bits_per_dim, vlb_term
 from .scheduler import ScratchDDPMScheduler
 
 LOSS_TYPES = ("simple", "hybrid")
 DEFAULT_LAMBDA_VLB = 0.001
-LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
-
-
-@dataclass
-class LossTerms:
-    """``loss``: the scalar to backpropagate. ``simple`` and ``vlb``: (B,) per image, for logging."""
-
-    loss: torch.Tensor
-    simple: torch.Tensor  # (B,) MSE of the mean half of the output to the training target
-    vlb: torch.Tensor | None  # (B,) L_t in bits/dim at each image's t (mean detached); None for "simple"
 
 
 def simple_loss(
@@ -44,13 +35,13 @@ def simple_loss(
     noise: torch.Tensor,
     timesteps: torch.Tensor,
 ) -> torch.Tensor:
-    """L_simple per image (derivation L2): mean over dimensions of (target - output)^2, (B,).
+    """L_simple per image (L2): mean over dimensions of (target - output)^2, (B,).
 
     ``target = scheduler.training_target(x_start, noise, timesteps)`` (noise, x_0 or v per
     ``prediction_type``). A model with 2C output channels is scored on its first C (the mean part).
     """
     _check_scheduler(scheduler)
-    mean_output, _ = split_model_output(model_output, x_start)
+    mean_output, _ = split_model_output(model_output, x_start, scheduler.config.variance_type)
     target = scheduler.training_target(x_start, noise, timesteps)
     return ((mean_output - target) ** 2).reshape(x_start.shape[0], -1).mean(dim=1)
 
@@ -68,12 +59,7 @@ def vlb_loss(
     t >= 1 (``likelihood.vlb_term``). Only the variance half of ``model_output`` receives gradient.
     """
     _check_learned_variance(scheduler)
-    mean_output, variance_output = split_model_output(model_output, x_t)
-    if variance_output is None:
-        raise ValueError(
-            f"the hybrid loss needs a model that also predicts the variance: out_channels = 2 * {x_t.shape[1]}, "
-            f"got model_output with {model_output.shape[1]} channels"
-        )
+    mean_output, variance_output = split_model_output(model_output, x_t, scheduler.config.variance_type)
     frozen_output = torch.cat([mean_output.detach(), variance_output], dim=1)
     nats = vlb_term(frozen_output, scheduler, x_start, x_t, timesteps, clip_denoised=False)
     return nats_to_bits_per_dim(nats, x_start[0].numel())
@@ -87,8 +73,8 @@ def hybrid_loss(
     noise: torch.Tensor,
     timesteps: torch.Tensor,
     lambda_vlb: float = DEFAULT_LAMBDA_VLB,
-) -> LossTerms:
-    """L_hybrid = L_simple + lambda_vlb * T * L_t (Nichol & Dhariwal 2021, eq. 16), averaged over the batch.
+) -> torch.Tensor:
+    """L_hybrid = L_simple + lambda_vlb * T * L_t (Nichol & Dhariwal 2021, eq. 16), averaged over the batch: a scalar.
 
     For ``learned``/``learned_range`` schedulers and models with 2C output channels. T * L_t at a
     uniformly drawn t is an unbiased estimate of L_vlb = sum_t L_t.
@@ -98,8 +84,7 @@ def hybrid_loss(
     simple = simple_loss(model_output, scheduler, x_start, noise, timesteps)
     vlb = vlb_loss(model_output, scheduler, x_start, x_t, timesteps)
     num_timesteps = scheduler.config.num_train_timesteps
-    loss = (simple + lambda_vlb * num_timesteps * vlb).mean()
-    return LossTerms(loss=loss, simple=simple.detach(), vlb=vlb.detach())
+    return (simple + lambda_vlb * num_timesteps * vlb).mean()
 
 
 def training_loss(
@@ -111,12 +96,11 @@ def training_loss(
     noise: torch.Tensor,
     timesteps: torch.Tensor,
     lambda_vlb: float = DEFAULT_LAMBDA_VLB,
-) -> LossTerms:
-    """The loss named by ``loss_type`` ("simple" or "hybrid") for one batch; what a trainer's
+) -> torch.Tensor:
+    """The scalar loss named by ``loss_type`` ("simple" or "hybrid") for one batch; what a trainer's
     ``--loss_type`` selects. Compute in float32 or float64 (cast a mixed-precision output first)."""
     if loss_type == "simple":
-        simple = simple_loss(model_output, scheduler, x_start, noise, timesteps)
-        return LossTerms(loss=simple.mean(), simple=simple.detach(), vlb=None)
+        return simple_loss(model_output, scheduler, x_start, noise, timesteps).mean()
     if loss_type == "hybrid":
         return hybrid_loss(model_output, scheduler, x_start, x_t, noise, timesteps, lambda_vlb)
     raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")

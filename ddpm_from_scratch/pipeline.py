@@ -6,32 +6,33 @@ With diffusers' UNet2DModel + DDPMScheduler and the same generator it returns th
 diffusers' DDPMPipeline (same noise draws, same calls). It adds class-conditional sampling with
 classifier-free guidance, works with any diffusers scheduler (it passes a scheduler only the step
 arguments its ``step`` accepts), and saves itself with its code so that
-``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`` works without this package
-(layout and loaders in hub.py).
+``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`` works without this package.
 
 Speed (docs/sections/performance.md, benchmarks/bench_sampling.py). With a scheduler that declares
 ``sync_free_device_timesteps`` (ScratchDDPMScheduler), the timesteps live on the sample's device and
 the loop draws each step's noise itself (same generator stream, passed as ``variance_noise``), so
 no step reads anything back to the host: on a GPU the host queues steps ahead of the device instead
-of waiting for it several times per step. ``enable_fast_sampling`` adds what is off by default:
-``torch.compile`` of the UNet, bf16/fp16 autocast of the UNet, and on CUDA one CUDA graph per step.
+of waiting for it several times per step. ``enable_fast_sampling`` adds what is off by default
+(fast_sampling.py): ``torch.compile`` of the UNet, bf16/fp16 autocast of the UNet, and on CUDA one
+CUDA graph per step.
 
-Remote-code rule: this module ships with every saved pipeline, so it imports only the standard
-library, torch, numpy, diffusers (and what diffusers requires) and siblings via single-dot imports.
+Remote-code rule: this module and its single-dot imports are the code a saved pipeline ships, so it
+imports only the standard library, torch, diffusers and such siblings. Saving, loading with the
+package and publishing (pipeline_folder.py, hub_upload.py) are imported by name when called
+(`_unshipped_module`), so they stay out of saved repositories; a pipeline loaded from its shipped
+code samples without the package, and saves or pushes only where the package is installed.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import math
-import numbers
 import os
-import tempfile
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -41,122 +42,33 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
-from .hub import (
-    CodeLayoutError,
-    ModelCardInfo,
-    commit_folder,
-    hub_loading_problems,
-    load_pipeline_components,
-    save_pipeline_folder,
-)
+from .conditioning import class_conditioning, class_label_tensors, guided_model_output, is_int
+from .fast_sampling import CompiledUNet, CudaGraphStep, FastSamplingOptions, step_noise
 
 OUTPUT_TYPES = ("pil", "np", "pt")
-AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
-# torch.compile modes that record CUDA graphs themselves; those cannot be nested in the step's graph
-CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+# the installed package, whose saving and publishing modules a saved pipeline does not ship
+PACKAGE = "ddpm_from_scratch"
 
 logger = logging.get_logger(__name__)
 
 
-def classifier_free_guidance(
-    noise_uncond: torch.Tensor, noise_cond: torch.Tensor, guidance_scale: float
-) -> torch.Tensor:
-    """Ho & Salimans (2022), eq. 6 in diffusers' parametrisation: eps = eps(x, null) + w (eps(x, y) - eps(x, null)).
+def _unshipped_module(name: str) -> ModuleType:
+    """The installed package's module ``name`` (pipeline_folder, hub_upload), imported by name at call time.
 
-    w = 1 is the conditional model, w = 0 the unconditional one, w > 1 sharpens towards class y.
+    A by-name import is not a single-dot import, so the module stays out of the code a saved pipeline
+    ships (remote_code.code_closure) and out of diffusers' import check of that code.
     """
-    return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-
-
-def class_conditioning(unet: Any) -> tuple[int, int] | None:
-    """(number of classes, null class label) of a class-conditional UNet; None if it is unconditional.
-
-    ScratchUNet2DModel says it itself (``null_class_label`` = num_class_embeds = number of classes).
-    For diffusers' UNet2DModel, whose embedding table has ``num_class_embeds`` rows, the convention
-    here is that the last row is the null class, leaving num_class_embeds - 1 real classes.
-    """
-    if hasattr(unet, "null_class_label"):
-        null = unet.null_class_label
-        return None if null is None else (int(null), int(null))
-    num_class_embeds = getattr(unet.config, "num_class_embeds", None)
-    if num_class_embeds is None:
-        return None
-    return num_class_embeds - 1, num_class_embeds - 1
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class FastSamplingOptions:
-    """The sampling speed-ups that are off by default (``ScratchDDPMPipeline.enable_fast_sampling``)."""
-
-    compile_kwargs: dict[str, Any] | None = None  # torch.compile arguments for the UNet; None: eager
-    cuda_graph: bool = False  # on CUDA, replay each denoising step from one CUDA graph
-    autocast_dtype: torch.dtype | None = None  # run the UNet under torch.autocast in this dtype
-
-
-def step_noise(
-    shape: tuple[int, ...], generator: Any, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """The z of one sampling step, drawn exactly as ``scheduler.step`` / diffusers' ``randn_tensor`` would
-    draw it from ``generator`` (same stream), on ``device`` without a host sync.
-
-    Noise from a CPU generator for a CUDA sample goes through pinned memory with a non-blocking
-    copy: a plain ``.to("cuda")`` of pageable memory waits for the GPU to finish all queued work
-    (one sync per step). PyTorch's caching host allocator keeps each pinned buffer until its copy has
-    run, so the host can draw the next step's noise while the GPU works.
-    """
-    generators = generator if isinstance(generator, (list, tuple)) else [generator]
-    from_host = generators[0] is not None and generators[0].device.type == "cpu"
-    if device.type != "cuda" or not from_host:
-        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=dtype)
-    return noise.pin_memory().to(device, non_blocking=True)
-
-
-class CudaGraphStep:
-    """A denoising step ``step(sample, t, noise) -> next sample`` recorded once as a CUDA graph.
-
-    Each call copies its inputs into the graph's fixed input buffers (device to device, queued, no
-    sync) and replays the recorded kernels: one launch per step instead of one per operation, and no
-    Python between the kernels. The returned tensor is the graph's output buffer, overwritten by the
-    next call: clone it to keep it. The step must not read tensors back to the host (capture fails),
-    must not draw random numbers (the noise is an input) and must allocate nothing it returns besides
-    its output. ``t`` must be a device tensor: a host value would be recorded as a constant (the
-    scheduler turns host timesteps into Python-float coefficients). Not measured or tested on a GPU here (no GPU in this environment); on the CPU the
-    pipeline runs the step directly.
-    """
-
-    def __init__(self, step: Callable[..., torch.Tensor], sample: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                 warmup_steps: int = 2):
-        self.inputs = (sample.clone(), t.clone(), noise.clone())
-        # warm up on a side stream (as torch.cuda.graphs documents): lazy initialisation, cuDNN/cuBLAS
-        # autotuning and compilation happen here, not inside the capture
-        side = torch.cuda.Stream(device=sample.device)
-        side.wait_stream(torch.cuda.current_stream(sample.device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup_steps):
-                step(*self.inputs)
-        torch.cuda.current_stream(sample.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(self.graph):
-                self.output = step(*self.inputs)
-        except RuntimeError as error:
-            raise RuntimeError(
-                "capturing the sampling step as a CUDA graph failed. A step that reads a tensor back to the "
-                "host cannot be captured (e.g. ScratchDDPMPipeline with a class-conditional ScratchUNet2DModel "
-                "checks its labels eagerly: add compile=True, which skips that check). Without CUDA graphs: "
-                f"enable_fast_sampling(cuda_graph=False). Cause: {error}"
-            ) from error
-
-    def __call__(self, sample: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        for buffer, value in zip(self.inputs, (sample, t, noise)):
-            buffer.copy_(value)
-        self.graph.replay()
-        return self.output
+    try:
+        return importlib.import_module(f"{PACKAGE}.{name}")
+    except ModuleNotFoundError as error:
+        if error.name not in (PACKAGE, f"{PACKAGE}.{name}"):
+            raise
+        raise ModuleNotFoundError(
+            f"saving, loading with from_pretrained and pushing a ScratchDDPMPipeline need the ddpm-from-scratch "
+            f"package (pip install ddpm-from-scratch); code loaded from a saved folder only samples. "
+            f"Cause: {error}",
+            name=error.name,
+        ) from error
 
 
 class ScratchDDPMPipeline(DiffusionPipeline):
@@ -172,7 +84,7 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.fast_sampling = FastSamplingOptions()
-        self._compiled_unet: tuple[torch.nn.Module, torch.nn.Module] | None = None  # (unet, compiled unet)
+        self._compiled_unet = CompiledUNet()
         self._warned_no_cuda_graph = False
 
     # ---- speed-ups -------------------------------------------------------------------------------
@@ -192,36 +104,21 @@ class ScratchDDPMPipeline(DiffusionPipeline):
             cuda_graph: on CUDA, record one denoising step (UNet and scheduler step) as a CUDA graph at
                 the start of each call and replay it for every step. Needs a scheduler with
                 ``sync_free_device_timesteps`` (ScratchDDPMScheduler). Off CUDA the step runs as usual
-                (with a warning). Not measured on a GPU in this project yet.
+                (with a warning).
             autocast_dtype: ``torch.bfloat16`` or ``torch.float16``: the UNet runs under
                 ``torch.autocast`` in that dtype; the sample and the scheduler's arithmetic stay in the
                 pipeline's dtype (float32), so only the network's rounding changes.
         """
-        if isinstance(compile, bool):
-            compile_kwargs = {} if compile else None
-        elif isinstance(compile, dict):
-            compile_kwargs = dict(compile)
-        else:
-            raise ValueError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
-        if not isinstance(cuda_graph, bool):
-            raise ValueError(f"cuda_graph must be a bool, got {cuda_graph!r}")
-        if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
-            raise ValueError(f"autocast_dtype must be None or one of {AUTOCAST_DTYPES}, got {autocast_dtype!r}")
-        if cuda_graph and compile_kwargs and compile_kwargs.get("mode") in CUDA_GRAPH_COMPILE_MODES:
-            raise ValueError(
-                f"compile mode {compile_kwargs['mode']!r} records CUDA graphs itself, which cannot be nested in "
-                "cuda_graph=True; use cuda_graph=False with it, or mode 'max-autotune-no-cudagraphs'"
-            )
-        options = FastSamplingOptions(compile_kwargs, cuda_graph, autocast_dtype)
-        if cuda_graph:
+        options = FastSamplingOptions.from_arguments(compile, cuda_graph, autocast_dtype)
+        if options.cuda_graph:
             self._check_sync_free_scheduler("cuda_graph=True")
         self.fast_sampling = options
-        self._compiled_unet = None
+        self._compiled_unet.clear()
 
     def disable_fast_sampling(self) -> None:
         """Back to the defaults: eager UNet in the pipeline's dtype, no CUDA graph."""
         self.fast_sampling = FastSamplingOptions()
-        self._compiled_unet = None
+        self._compiled_unet.clear()
 
     def _has_sync_free_scheduler(self) -> bool:
         return bool(getattr(self.scheduler, "sync_free_device_timesteps", False))
@@ -236,12 +133,7 @@ class ScratchDDPMPipeline(DiffusionPipeline):
 
     def _sampling_unet(self) -> torch.nn.Module:
         """The UNet the loop calls: the compiled one if compile is on (compiled once per UNet)."""
-        compile_kwargs = self.fast_sampling.compile_kwargs
-        if compile_kwargs is None:
-            return self.unet
-        if self._compiled_unet is None or self._compiled_unet[0] is not self.unet:
-            self._compiled_unet = (self.unet, torch.compile(self.unet, **compile_kwargs))
-        return self._compiled_unet[1]
+        return self._compiled_unet(self.unet, self.fast_sampling.compile_kwargs)
 
     # ---- sampling ------------------------------------------------------------------------------
 
@@ -253,14 +145,14 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         guidance_scale: Any,
         output_type: Any,
     ) -> None:
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
             raise ValueError(
                 f"generator is a list of {len(generator)} generators but batch_size is {batch_size}; "
                 "pass one generator per image, or a single generator"
             )
-        if not _is_int(num_inference_steps) or num_inference_steps < 1:
+        if not is_int(num_inference_steps) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
         if guidance_scale is not None and (
             isinstance(guidance_scale, bool)
@@ -271,44 +163,6 @@ class ScratchDDPMPipeline(DiffusionPipeline):
             raise ValueError(f"guidance_scale must be None or a finite number >= 0, got {guidance_scale!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-
-    def _class_labels(
-        self, class_labels: Any, guidance_scale: float | None, batch_size: int, device: torch.device
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(labels, null labels) as (B,) long tensors; (None, None) for an unconditional UNet.
-
-        No labels on a class-conditional UNet means unconditional samples: every label is the null class.
-        """
-        conditioning = class_conditioning(self.unet)
-        if conditioning is None:
-            if class_labels is not None:
-                raise ValueError("class_labels were given but the UNet is unconditional (its num_class_embeds is None)")
-            if guidance_scale is not None:
-                raise ValueError("guidance_scale needs a class-conditional UNet; this UNet is unconditional")
-            return None, None
-        num_classes, null_label = conditioning
-        null_labels = torch.full((batch_size,), null_label, dtype=torch.long, device=device)
-        if class_labels is None:
-            if guidance_scale is not None:
-                raise ValueError("guidance_scale needs class_labels (classifier-free guidance steers towards a class)")
-            return null_labels, null_labels
-        if _is_int(class_labels):
-            labels = torch.full((batch_size,), class_labels, dtype=torch.long)
-        else:
-            labels = torch.as_tensor(class_labels)
-            if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-                raise ValueError(f"class_labels must be integers, got dtype {labels.dtype}")
-            if labels.ndim != 1 or labels.shape[0] != batch_size:
-                raise ValueError(
-                    f"class_labels must be an int or a sequence of batch_size={batch_size} ints, "
-                    f"got shape {tuple(labels.shape)}"
-                )
-        if bool(((labels < 0) | (labels >= num_classes)).any()):
-            raise ValueError(
-                f"class_labels must be in [0, {num_classes}) for this UNet, got {labels.tolist()} "
-                f"({null_label} is the null class: leave class_labels=None for unconditional samples)"
-            )
-        return labels.to(device=device, dtype=torch.long), null_labels
 
     def _step_kwargs(self, generator: Any, eta: float | None) -> dict[str, Any]:
         """The optional arguments of ``scheduler.step`` that this scheduler accepts."""
@@ -348,21 +202,14 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         if hasattr(self.scheduler, "scale_model_input"):
             model_input = self.scheduler.scale_model_input(sample, t)
         unet = self._sampling_unet()
-        autocast_dtype = self.fast_sampling.autocast_dtype
-        # cache_enabled=False: autocast's weight-cast cache must not outlive a CUDA-graph capture
-        autocast = (nullcontext() if autocast_dtype is None
-                    else torch.autocast(sample.device.type, dtype=autocast_dtype, cache_enabled=False))
-        with autocast:
+        with self.fast_sampling.unet_autocast(sample.device):
             if labels is None:
                 return unet(model_input, t).sample.to(sample.dtype)
             if guidance_scale is None or guidance_scale == 1.0:  # w = 1 is the conditional model itself
                 return unet(model_input, t, class_labels=labels).sample.to(sample.dtype)
             both = unet(torch.cat([model_input, model_input]), t, class_labels=torch.cat([labels, null_labels])).sample
         cond, uncond = both.to(sample.dtype).chunk(2)
-        channels = sample.shape[1]
-        # a learned variance (output = [eps | v]) is not guided: keep the conditional branch's
-        guided = classifier_free_guidance(uncond[:, :channels], cond[:, :channels], guidance_scale)
-        return torch.cat([guided, cond[:, channels:]], dim=1)
+        return guided_model_output(cond, uncond, sample.shape[1], guidance_scale)
 
     @torch.no_grad()
     def __call__(
@@ -399,7 +246,7 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         if self.fast_sampling.cuda_graph:  # the scheduler may have been replaced since enable_fast_sampling
             self._check_sync_free_scheduler("enable_fast_sampling(cuda_graph=True)")
         device = self._execution_device
-        labels, null_labels = self._class_labels(class_labels, guidance_scale, batch_size, device)
+        labels, null_labels = class_label_tensors(self.unet, class_labels, guidance_scale, batch_size, device)
         step_kwargs = self._step_kwargs(generator, eta)
         self._set_timesteps(num_inference_steps, device)
 
@@ -481,7 +328,7 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         # a copy: the graph's output buffer belongs to the graph's private memory pool
         return sample.clone() if graph is not None else sample
 
-    # ---- saving, loading, publishing -----------------------------------------------------------
+    # ---- saving, loading, publishing (pipeline_folder.py, hub_upload.py) ---------------------------
 
     def _num_classes(self) -> int | None:
         conditioning = class_conditioning(self.unet)
@@ -490,7 +337,7 @@ class ScratchDDPMPipeline(DiffusionPipeline):
     def save_pretrained(
         self,
         save_directory: str | os.PathLike,
-        model_card: ModelCardInfo | None = None,
+        model_card: Any = None,
         *,
         safe_serialization: bool = True,
         variant: str | None = None,
@@ -498,17 +345,17 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         push_to_hub: bool = False,
         **push_kwargs: Any,
     ) -> None:
-        """Save the pipeline with its code (diffusers' custom-code layout, see hub.py) and a model card.
+        """Save the pipeline with its code (diffusers' custom-code layout, remote_code.py) and a model card.
 
         The folder loads with ``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)``
         (no need for this package) and with ``ScratchDDPMPipeline.from_pretrained(path)``. Weights are
-        safetensors only. README.md is written from ``model_card`` (a default card if None and the
-        folder has no README yet). ``push_to_hub=True`` then uploads it (``push_kwargs``: repo_id,
-        private, token, commit_message, create_pr, endpoint).
+        safetensors only. README.md is written from ``model_card`` (a ``model_card.ModelCardInfo``;
+        a default card if None and the folder has no README yet). ``push_to_hub=True`` then uploads
+        it (``push_kwargs``: repo_id, private, token, commit_message, create_pr, endpoint).
         """
         if not safe_serialization:
             raise ValueError("safe_serialization must be True: this pipeline saves weights as safetensors only")
-        save_pipeline_folder(
+        _unshipped_module("pipeline_folder").save_pipeline_folder(
             self,
             save_directory,
             model_card=model_card,
@@ -523,40 +370,15 @@ class ScratchDDPMPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> ScratchDDPMPipeline:
-        """Load a saved pipeline (a folder or a Hub repo id) with this package's classes.
+        """Load a saved pipeline (a folder or a Hub repo id "namespace/name") with this package's classes.
 
         No code from the folder runs (so ``trust_remote_code`` is not needed and is ignored), and
         weights are read from safetensors only. Components passed as keyword arguments
         (e.g. ``scheduler=DDIMScheduler(...)``) replace the saved ones. Other keyword arguments:
         torch_dtype, variant, and for Hub repos revision, token, cache_dir, local_files_only,
-        force_download, endpoint.
+        force_download, endpoint. A missing local folder is a FileNotFoundError naming it.
         """
-        kwargs.pop("trust_remote_code", None)
-        if kwargs.pop("use_safetensors", True) is False:
-            raise ValueError("use_safetensors=False is not supported: weights are loaded from safetensors only")
-        torch_dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
-        variant = kwargs.pop("variant", None)
-        expected = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
-        passed = {name: kwargs.pop(name) for name in expected if name in kwargs}
-        hub_keys = ("revision", "token", "cache_dir", "local_files_only", "force_download", "endpoint")
-        hub_kwargs = {key: kwargs.pop(key) for key in hub_keys if key in kwargs}
-        if kwargs:
-            allowed = sorted([*expected, *hub_keys, "torch_dtype", "variant"])
-            raise ValueError(f"unexpected keyword arguments {sorted(kwargs)}; allowed: {allowed}")
-
-        folder = Path(pretrained_model_name_or_path)
-        if not folder.is_dir():
-            name = str(pretrained_model_name_or_path)
-            # a Hub repo id is "name" or "namespace/name"; anything else was meant as a local folder
-            if folder.exists() or folder.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
-                raise FileNotFoundError(f"pipeline folder {name!r} does not exist or is not a folder")
-            folder = Path(_download_snapshot(name, **hub_kwargs))
-        components = load_pipeline_components(
-            cls, folder, skip=frozenset(passed), torch_dtype=torch_dtype, variant=variant
-        )
-        pipeline = cls(**components, **passed)
-        pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
-        return pipeline
+        return _unshipped_module("pipeline_folder").load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
 
     def push_to_hub(
         self,
@@ -564,43 +386,28 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         private: bool = False,
         token: str | None = None,
         commit_message: str = "Upload ScratchDDPMPipeline (DDPM) with its code and model card",
-        model_card: ModelCardInfo | None = None,
+        model_card: Any = None,
         *,
         create_pr: bool = False,
         endpoint: str | None = None,
     ) -> Any:
         """Create the Hub repo ``repo_id`` (if needed) and upload the saved pipeline in one commit.
 
-        What is uploaded is a fresh save (code, configs, safetensors weights, README.md model card,
-        sample_grid.png if the card has one) made in a temporary folder, never a training output
-        folder with its checkpoints. ``token`` is sent to the Hub only; it is never written to a file
-        or log, and the upload is refused if any file contains it. ``endpoint`` points the client at
-        another Hub (default: HF_ENDPOINT or huggingface.co). Returns huggingface_hub's CommitInfo.
+        What is uploaded is a fresh save (code, configs, safetensors weights, README.md model card from
+        ``model_card``, a ``model_card.ModelCardInfo``, and sample_grid.png if the card has one) made
+        in a temporary folder, never a training output folder with its checkpoints. ``token`` is sent
+        to the Hub only; it is never written to a file or log, and the upload is refused if any file
+        contains it. ``endpoint`` points the client at another Hub (default: HF_ENDPOINT or
+        huggingface.co). Returns huggingface_hub's CommitInfo.
         """
-        from huggingface_hub import HfApi
-
-        problems = hub_loading_problems(self.components)
-        if problems:  # before create_repo, so a failed push leaves no empty repo behind
-            raise CodeLayoutError(problems[0])
-        api = HfApi(endpoint=endpoint, token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        with tempfile.TemporaryDirectory(prefix="ddpm-push-") as tmp:
-            folder = Path(tmp) / repo_id.split("/")[-1]
-            save_pipeline_folder(
-                self,
-                folder,
-                model_card=model_card if model_card is not None else ModelCardInfo(),
-                card_repo_id=repo_id,
-                num_classes=self._num_classes(),
-                for_hub=True,
-            )
-            return commit_folder(api, folder, repo_id, commit_message=commit_message, token=token, create_pr=create_pr)
-
-
-def _download_snapshot(repo_id: str, **hub_kwargs: Any) -> str:
-    """Download a Hub repo's files except pickle checkpoints (never loaded anyway)."""
-    from huggingface_hub import snapshot_download
-
-    return snapshot_download(
-        repo_id, ignore_patterns=["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.msgpack", "*.onnx"], **hub_kwargs
-    )
+        return _unshipped_module("hub_upload").push_pipeline(
+            self,
+            repo_id,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            model_card=model_card,
+            num_classes=self._num_classes(),
+            create_pr=create_pr,
+            endpoint=endpoint,
+        )

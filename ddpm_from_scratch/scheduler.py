@@ -2,8 +2,8 @@
 
 A drop-in for diffusers' ``DDPMScheduler``: the same config keys and defaults (so ``from_config``
 works in both directions), the same public methods and the same random stream for a given
-generator. The math lives in :mod:`diffusion_math` (one method per formula of the derivation);
-this module adds the scheduler contract around it:
+generator. The math lives in :mod:`diffusion_math` (one method per formula of the derivation, and
+the one reverse step ``p_mean_variance``); this module adds the scheduler contract around it:
 
 * ``forward_chain``: float64 tables of the training chain t -> t-1 (``add_noise``, the posterior);
 * ``sampling_chain``: the same tables for the chain chosen by ``set_timesteps`` (t -> previous
@@ -27,11 +27,16 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
 from .beta_schedules import BETA_SCHEDULES, make_betas
-from .diffusion_math import DiffusionChain
-from .tensor_utils import add_scaled, append_dims, draw_noise
+from .diffusion_math import (
+    PREDICTION_TYPES,
+    VARIANCE_TYPES,
+    DiffusionChain,
+    ReverseStep,
+    p_mean_variance,
+    predict_xstart,
+)
+from .tensor_utils import add_scaled, draw_noise
 
-VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 
@@ -63,18 +68,6 @@ def spaced_timesteps(spacing: str, num_train_timesteps: int, num_inference_steps
     else:
         raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
     return timesteps.astype(np.int64).copy()
-
-
-def dynamic_threshold(x_start: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """Dynamic thresholding (Saharia et al. 2022, sec. 2.3): s = the ``ratio`` quantile of |x_0| per
-    sample, clamped to [1, max_value]; x_0 is clipped to [-s, s] and divided by s."""
-    dtype = x_start.dtype
-    flat = x_start.reshape(x_start.shape[0], -1)
-    if dtype not in (torch.float32, torch.float64):
-        flat = flat.float()  # quantile is not implemented for half precision
-    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value)
-    s = append_dims(s, flat.ndim)
-    return (flat.clamp(-s, s) / s).reshape(x_start.shape).to(dtype)
 
 
 class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
@@ -208,42 +201,26 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
     ) -> ScratchDDPMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """One ancestral sampling step x_t -> x_s, s = ``previous_timestep(t)``.
 
-        ``variance_noise`` (DDIMScheduler's argument): the z of step 5, drawn by the caller (shape of
-        ``sample``) instead of from ``generator``; the sampling loop uses it to draw noise outside a
+        ``variance_noise`` (DDIMScheduler's argument): the z of sigma_t z, drawn by the caller (shape
+        of ``sample``) instead of from ``generator``; the sampling loop uses it to draw noise outside a
         CUDA graph and to copy host-drawn noise without a sync.
 
-        1. Split off the variance prediction when the model outputs 2x the sample's channels.
-        2. x_0 from the model output: E4 corrected (epsilon), the output itself (sample), or from v.
-        3. Clip x_0 to [-clip_sample_range, clip_sample_range], or threshold it dynamically.
-        4. Mean of p(x_s | x_t) = posterior mean mu~(x_t, x_0), eq. P2.
-        5. Add sigma_t z, sigma_t^2 chosen by ``variance_type``; no noise on the chain's final step.
+        The mean and variance are those of ``reverse_step`` (diffusion_math's ``p_mean_variance``):
+        x_0 from the model output, clipped or thresholded, mean = posterior mean P2, log-variance for
+        ``variance_type``. The step adds sigma_t z, with no noise on the chain's final step.
         """
         t = self._host_timestep(timestep)
-        # a host timestep reads Python-float coefficients; a device one gathers on the device (no sync)
-        chain = self.sampling_chain if isinstance(t, int) else self._chain_on(sample.device, self.sampling_chain)
-
-        # 1.
-        model_output, predicted_variance = self._split_model_output(model_output, sample)
-        # 2.
-        pred_original_sample = self._predict_xstart(chain, model_output, sample, t)
-        # 3.
-        if self.config.thresholding:
-            pred_original_sample = dynamic_threshold(
-                pred_original_sample, self.config.dynamic_thresholding_ratio, self.config.sample_max_value
-            )
-        elif self.config.clip_sample:
-            r = self.config.clip_sample_range
-            pred_original_sample = pred_original_sample.clamp(-r, r)
-        # 4.
-        prev_sample = chain.q_posterior_mean(pred_original_sample, sample, t)
-        # 5. diffusers draws noise exactly when t > 0; doing the same keeps the random streams equal.
+        chain = self._chain_for(t, sample.device, self.sampling_chain)
+        reverse = self._reverse_step(chain, model_output, sample, t)
+        prev_sample, pred_original_sample = reverse.mean, reverse.pred_xstart
+        # diffusers draws noise exactly when t > 0; doing the same keeps the random streams equal.
         if self._draws_noise(t):
             if variance_noise is None:
-                noise = draw_noise(model_output.shape, generator, model_output.device, model_output.dtype)
+                noise = draw_noise(sample.shape, generator, sample.device, model_output.dtype)
             else:
                 self._check_same_shape(sample=sample, variance_noise=variance_noise)
                 noise = variance_noise
-            log_variance = self._log_variance(chain, t, sample, predicted_variance)
+            log_variance = reverse.log_variance
             std = math.exp(0.5 * log_variance) if isinstance(log_variance, float) else torch.exp(0.5 * log_variance)
             prev_sample = add_scaled(prev_sample, chain.lookup("not_final", t, sample) * std, noise)
 
@@ -280,7 +257,8 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
     ) -> torch.Tensor:
         """x_0 from a model output of the configured ``prediction_type`` (E4 corrected for epsilon)."""
         chain = self._chain_on(sample.device, self.forward_chain)
-        return self._predict_xstart(chain, model_output, sample, self._checked_timesteps(timesteps))
+        return predict_xstart(chain, model_output, sample, self._checked_timesteps(timesteps),
+                              self.config.prediction_type)
 
     def training_target(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """What the model regresses onto under L_simple: the noise, x_0 (``sample``) or v."""
@@ -290,61 +268,51 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
             return sample
         return self.get_velocity(sample, noise, timesteps)
 
-    def model_log_variance(
+    def reverse_step(
         self,
-        timestep: int | torch.Tensor,
+        model_output: torch.Tensor,
         sample: torch.Tensor,
-        predicted_variance: torch.Tensor | None = None,
+        timestep: int | torch.Tensor,
+        *,
         chain: DiffusionChain | None = None,
-    ) -> torch.Tensor:
-        """log sigma_t^2 of p(x_s | x_t) for the configured ``variance_type`` (always a log-variance).
+        clip_denoised: bool | None = None,
+    ) -> ReverseStep:
+        """p_theta(x_s | x_t) for this config: the mean and log-variance ``step`` samples from.
 
-        ``chain`` defaults to the training chain (s = t - 1); ``step`` uses the sampling chain.
+        ``chain``: the sampling chain by default; the variational bound passes ``forward_chain``
+        (s = t - 1). ``clip_denoised`` overrides the config's x_0 clipping: None clips or thresholds
+        as ``step`` does, True clips to [-clip_sample_range, clip_sample_range], False leaves x_0 as
+        predicted.
         """
-        chain = chain if chain is not None else self._chain_on(sample.device, self.forward_chain)
-        log_variance = self._log_variance(chain, timestep, sample, predicted_variance)
-        if isinstance(log_variance, float):
-            return torch.tensor(log_variance, dtype=sample.dtype, device=sample.device)
-        return log_variance
+        t = self._host_timestep(timestep)
+        if not isinstance(t, int):
+            t = self._checked_timesteps(t)
+        chain = self._chain_for(t, sample.device, self.sampling_chain if chain is None else chain)
+        return self._reverse_step(chain, model_output, sample, t, clip_denoised)
 
     # ---- helpers ----------------------------------------------------------------------------
 
-    def _log_variance(self, chain: DiffusionChain, t, sample: torch.Tensor, predicted_variance):
-        variance_type = self.config.variance_type
-        if variance_type in ("learned", "learned_range") and predicted_variance is None:
-            raise ValueError(
-                f"variance_type={variance_type!r} needs a model that outputs 2x the sample's channels"
-            )
-        if variance_type in ("fixed_small", "fixed_small_log"):
-            return chain.lookup("posterior_log_variance_clipped", t, sample)
-        if variance_type in ("fixed_large", "fixed_large_log"):
-            return chain.lookup("log_betas", t, sample)
-        if variance_type == "learned":
-            return torch.log(predicted_variance)
-        frac = (predicted_variance + 1) / 2  # learned_range, Nichol & Dhariwal eq. 15
-        min_log = chain.lookup("posterior_log_variance_clipped", t, sample)
-        max_log = chain.lookup("log_betas", t, sample)
-        return frac * max_log + (1 - frac) * min_log
+    def _reverse_step(
+        self, chain: DiffusionChain, model_output: torch.Tensor, sample: torch.Tensor, t, clip_denoised=None
+    ) -> ReverseStep:
+        config = self.config
+        return p_mean_variance(
+            chain,
+            model_output,
+            sample,
+            t,
+            prediction_type=config.prediction_type,
+            variance_type=config.variance_type,
+            clip_sample=config.clip_sample if clip_denoised is None else clip_denoised,
+            clip_sample_range=config.clip_sample_range,
+            thresholding=config.thresholding and clip_denoised is None,
+            dynamic_thresholding_ratio=config.dynamic_thresholding_ratio,
+            sample_max_value=config.sample_max_value,
+        )
 
-    def _predict_xstart(self, chain: DiffusionChain, model_output: torch.Tensor, sample: torch.Tensor, t):
-        if self.config.prediction_type == "epsilon":
-            return chain.predict_xstart_from_eps(sample, model_output, t)
-        if self.config.prediction_type == "sample":
-            return model_output
-        return chain.predict_xstart_from_v(sample, model_output, t)
-
-    def _split_model_output(self, model_output: torch.Tensor, sample: torch.Tensor):
-        channels = sample.shape[1]
-        if model_output.shape[1] == 2 * channels and model_output.shape[1] != channels:
-            mean_part, variance_part = torch.split(model_output, channels, dim=1)
-            learned = self.config.variance_type in ("learned", "learned_range")
-            return mean_part, (variance_part if learned else None)
-        if model_output.shape[1] != channels:
-            raise ValueError(
-                f"model_output has {model_output.shape[1]} channels; expected {channels} (the sample's) "
-                f"or {2 * channels} (with a variance prediction)"
-            )
-        return model_output, None
+    def _chain_for(self, t: int | torch.Tensor, device: torch.device, chain: DiffusionChain) -> DiffusionChain:
+        # a host timestep reads Python-float coefficients; a tensor one gathers on the sample's device (no sync)
+        return chain if isinstance(t, int) else self._chain_on(device, chain)
 
     @staticmethod
     def _host_timestep(timestep: int | torch.Tensor) -> int | torch.Tensor:

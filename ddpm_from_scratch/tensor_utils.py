@@ -36,7 +36,7 @@ def extract(table: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) ->
         )
     # index_select rather than table[timesteps]: indexing with a 0-d tensor reads the index back to
     # the host (.item()), which is a device sync per lookup on a GPU and an error inside CUDA-graph
-    # capture. (Performance change, listed in docs/sections/performance.md.)
+    # capture.
     values = table.index_select(0, timesteps.reshape(-1)).reshape(timesteps.shape)
     values = values.to(device=like.device, dtype=like.dtype)
     if values.ndim == 0 or like.ndim == 0:

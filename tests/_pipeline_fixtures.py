@@ -37,8 +37,8 @@ NUM_TRAIN_TIMESTEPS = 50
 def single_torch_thread():
     """Run torch on one thread (autouse in every test module that imports it).
 
-    On a shared 2-core machine, two OpenMP threads waiting for each other made a tiny UNet forward
-    ~200x slower (2 s instead of 8 ms) while others were using the CPU."""
+    The models are tiny: with several OpenMP threads on a busy CPU, threads waiting for each other
+    cost far more than the work (a tiny UNet forward can take seconds instead of milliseconds)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -121,7 +121,8 @@ def isolated_remote_code_cache(path):
 
 
 # A fresh interpreter where `import ddpm_from_scratch` fails, however it is installed (editable, wheel,
-# PYTHONPATH), loads SOURCE (a folder or Hub repo id) with diffusers alone, samples, re-saves, reloads.
+# PYTHONPATH), loads SOURCE (a folder or Hub repo id) with diffusers alone and samples; then it tries to
+# re-save, and if that works, reloads the copy and samples again.
 NO_PACKAGE_CHILD = textwrap.dedent(
     """
     import importlib.abc, json, sys
@@ -129,7 +130,7 @@ NO_PACKAGE_CHILD = textwrap.dedent(
     class HidePackage(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] == "ddpm_from_scratch":
-                raise ModuleNotFoundError(f"No module named {name!r}")
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
     sys.meta_path.insert(0, HidePackage())
     try:
@@ -142,28 +143,36 @@ NO_PACKAGE_CHILD = textwrap.dedent(
     import numpy as np, torch
     from diffusers import DiffusionPipeline
 
-    source, resaved, out = sys.argv[1:4]
-    call = json.loads(sys.argv[4])
+    source, resaved, out, call, seed = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), int(sys.argv[5])
 
     def images(path):
         pipe = DiffusionPipeline.from_pretrained(path, trust_remote_code=True)
         pipe.set_progress_bar_config(disable=True)
-        return pipe, pipe(generator=torch.Generator().manual_seed(0), **call).images
+        result = pipe(generator=torch.Generator().manual_seed(seed), **call).images
+        return pipe, np.asarray(result.cpu() if isinstance(result, torch.Tensor) else result)
 
     pipe, first = images(source)
-    pipe.save_pretrained(resaved)
-    _, second = images(resaved)
-    np.savez(out, first=first, second=second)
+    outputs, save_error = {"first": first}, None
+    try:
+        pipe.save_pretrained(resaved)
+    except Exception as error:
+        save_error = {"type": type(error).__name__, "message": str(error)}
+    else:
+        outputs["second"] = images(resaved)[1]
+    np.savez(out, **outputs)
     print(json.dumps({
         "classes": [type(c).__module__ for c in (pipe, pipe.unet, pipe.scheduler)],
         "package_modules": [m for m in sys.modules if m.startswith("ddpm_from_scratch")],
+        "save_error": save_error,
     }))
     """
 )
 
 
-def run_without_package(source: str, tmp_path: Path, call: dict, **extra_env: str) -> tuple[dict, dict]:
-    """Run NO_PACKAGE_CHILD; returns (its report, {"first": images, "second": images after re-saving})."""
+def run_without_package(source: str, tmp_path: Path, call: dict, seed: int = 0, **extra_env: str) -> tuple[dict, dict]:
+    """Run NO_PACKAGE_CHILD with ``torch.Generator().manual_seed(seed)``; returns (its report,
+    {"first": images, "second": images after re-saving, if the re-save worked}). Images come back as
+    numpy arrays in the layout ``call``'s output_type gives."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HUB_OFFLINE")}
     env.update(
         HF_MODULES_CACHE=str(tmp_path / "modules"),
@@ -181,6 +190,7 @@ def run_without_package(source: str, tmp_path: Path, call: dict, **extra_env: st
             str(tmp_path / "resaved"),
             str(tmp_path / "out.npz"),
             json.dumps(call),
+            str(seed),
         ],
         env=env,
         cwd=tmp_path,  # not the repository root, which would put the package on sys.path

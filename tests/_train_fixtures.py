@@ -1,4 +1,4 @@
-"""Helpers shared by tests/test_train*.py: run training/train.py in a subprocess, tiny datasets, weights."""
+"""Shared by tests/test_train*.py: run training/train.py in a subprocess, tiny datasets, weights."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO_ROOT / "training" / "train.py"
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# training.train's command line with test-side patches (a SIGKILL at a checkpoint, a smaller UNet preset)
+TRAIN_LAUNCHER = Path(__file__).resolve().parent / "_train_launcher.py"
 
 # A run of a few updates that still goes through every part of the trainer: sampling with 3
 # denoising steps, logging every update, no tensorboard files.
@@ -37,17 +37,29 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def launcher_command(args: list[str], patches: list[str]) -> list[str]:
+    """The command running training.train's cli on `args` through tests/_train_launcher.py with `patches`
+    (e.g. ["--kill-after-checkpoint", "4"])."""
+    return [sys.executable, str(TRAIN_LAUNCHER), *patches, "--", *args]
+
+
 def run_train(args: list[str], *, launcher: list[str] | None = None, env: dict[str, str] | None = None,
-              timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run training/train.py (or `launcher + [script]`) and return the finished process (not checked)."""
-    command = (launcher or [sys.executable]) + [str(TRAIN_SCRIPT)] + args
+              timeout: float = 240, patches: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run training/train.py (or `launcher + [script]`, or the test launcher with `patches`) and return the
+    finished process (not checked)."""
+    if patches:
+        command = launcher_command(args, patches)
+    else:
+        command = (launcher or [sys.executable]) + [str(TRAIN_SCRIPT)] + args
     return subprocess.run(command, cwd=REPO_ROOT, env=env or subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 
-def start_train(args: list[str], *, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start training/train.py without waiting (finish it with `finish`)."""
-    return subprocess.Popen([sys.executable, str(TRAIN_SCRIPT)] + args, cwd=REPO_ROOT, env=env or subprocess_env(),
+def start_train(args: list[str], *, env: dict[str, str] | None = None,
+                patches: list[str] | None = None) -> subprocess.Popen:
+    """Start training/train.py (through the launcher with `patches`) without waiting (finish it with `finish`)."""
+    command = launcher_command(args, patches) if patches else [sys.executable, str(TRAIN_SCRIPT)] + args
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env or subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -65,7 +77,7 @@ def write_digit_folder(folder: Path, count: int, *, with_labels: bool = False, m
     """`count` real digits as PNG files (in class sub-folders with `with_labels`)."""
     from PIL import Image
 
-    from ddpm_from_scratch.digits import digits_as_uint8
+    from ddpm_from_scratch.digits.data import digits_as_uint8
 
     images, labels = digits_as_uint8()
     for index in range(count):

@@ -13,14 +13,10 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from ddpm_from_scratch.evaluate import (
-    evaluate_pipeline,
-    held_out_digits,
-    load_pipeline,
-    main,
-    sample_digits,
-    uint8_to_model_range,
-)
+from ddpm_from_scratch.cli.evaluate import main
+from ddpm_from_scratch.digits.data import held_out_digits
+from ddpm_from_scratch.digits.evaluation import evaluate_pipeline, load_pipeline, sample_digits
+from ddpm_from_scratch.image_utils import uint8_to_model_range
 from ddpm_from_scratch.likelihood import nll_bits_per_dim
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
@@ -78,7 +74,7 @@ def test_command_prints_one_table_and_writes_json(saved_pipeline, cache_dir, tmp
     # the printed bound is the library's, on the first 12 held-out digits with a generator seeded --seed
     pipeline = ScratchDDPMPipeline.from_pretrained(saved_pipeline)
     direct = nll_bits_per_dim(
-        pipeline.unet, pipeline.scheduler, uint8_to_model_range(held_out_digits()[:12]),
+        pipeline.unet, pipeline.scheduler, uint8_to_model_range(held_out_digits()[:12]).unsqueeze(1),
         generator=torch.Generator().manual_seed(0), batch_size=16, progress=False,
     )
     assert direct.bits_per_dim == pytest.approx(nll["bits_per_dim"], rel=1e-12)
@@ -120,7 +116,7 @@ def test_a_stock_diffusers_pipeline_folder_is_evaluated_too(tmp_path, capsys):
 def test_bad_input_gives_clear_errors(saved_pipeline, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "missing"), "--no-progress"])
-    assert exit_info.value.code == 1 and "no pipeline folder" in capsys.readouterr().err
+    assert exit_info.value.code == 1 and "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main([str(saved_pipeline), "--num-samples", "0", "--nll-images", "0"])
     assert exit_info.value.code == 1 and "nothing to evaluate" in capsys.readouterr().err

@@ -20,7 +20,6 @@ from ddpm_from_scratch.likelihood import (
     nats_to_bits_per_dim,
     nll_bits_per_dim,
     normal_kl,
-    p_mean_variance,
     prior_kl,
 )
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
@@ -95,7 +94,19 @@ def test_far_tail_bins_are_exact_with_finite_gradients():
         assert float(values[i]) < -50  # far in a tail: a plain CDF difference would give log(0) = -inf
         assert abs(float(values[i]) - float(exact)) < 1e-9 * abs(float(exact))
     log_p.sum().backward()
-    assert torch.isfinite(mean.grad).all() and torch.isfinite(log_variance.grad).all()
+    # d log P / d mean = (phi(l) - phi(u)) / (s P), d log P / d log_variance = (l phi(l) - u phi(u)) / (2 P)
+    for i in range(5):
+        m, c = mpmath.mpf(float(mean.detach()[i])), mpmath.mpf(float(x[i]))
+        s = mpmath.sqrt(mpmath.exp(float(log_variance.detach()[i])))
+        upper = mpmath.inf if float(x[i]) > 0.999 else (c + mpmath.mpf(1) / 255 - m) / s
+        lower = -mpmath.inf if float(x[i]) < -0.999 else (c - mpmath.mpf(1) / 255 - m) / s
+        mass = mpmath.ncdf(-lower) - mpmath.ncdf(-upper) if lower > 0 else mpmath.ncdf(upper) - mpmath.ncdf(lower)
+        pdf = lambda z: 0 if mpmath.isinf(z) else mpmath.npdf(z)  # noqa: E731
+        z_pdf = lambda z: 0 if mpmath.isinf(z) else z * mpmath.npdf(z)  # noqa: E731
+        d_mean = (pdf(lower) - pdf(upper)) / (s * mass)
+        d_log_variance = (z_pdf(lower) - z_pdf(upper)) / (2 * mass)
+        assert float(mean.grad[i]) == pytest.approx(float(d_mean), rel=1e-7)
+        assert float(log_variance.grad[i]) == pytest.approx(float(d_log_variance), rel=1e-7)
 
 
 def test_data_is_snapped_to_its_bin():
@@ -315,13 +326,19 @@ def test_oracle_bound_is_looser_with_fixed_large():
     assert (large.vb_bpd[:, 1:] > 0).all() and large.bits_per_dim > small.bits_per_dim + 0.01
 
 
-def test_fixed_large_decoder_variance_is_ho_et_al_choice():
-    scheduler = ScratchDDPMScheduler(num_train_timesteps=50, variance_type="fixed_large")
+@pytest.mark.parametrize("variance_type", ["fixed_large", "fixed_large_log"])
+def test_fixed_large_decoder_variance_is_ho_et_al_choice(variance_type):
+    scheduler = ScratchDDPMScheduler(num_train_timesteps=50, variance_type=variance_type)
     chain = scheduler.forward_chain
     x_t = torch.zeros(3, 1, 2, 2, dtype=F64)
-    step = p_mean_variance(torch.zeros_like(x_t), scheduler, x_t, torch.tensor([0, 1, 49]))
+    step = scheduler.reverse_step(torch.zeros_like(x_t), x_t, torch.tensor([0, 1, 49]), chain=chain)
     expected = torch.stack([chain.posterior_variance[1], chain.betas[1], chain.betas[49]]).log()
-    torch.testing.assert_close(step.log_variance[:, 0, 0, 0], expected)
+    torch.testing.assert_close(step.log_variance[:, 0, 0, 0], expected, rtol=1e-14, atol=0)
+    # the host-timestep path (Python floats) gives the same variances
+    for t, value in zip((0, 1, 49), expected.tolist()):
+        assert scheduler.reverse_step(torch.zeros_like(x_t), x_t, t, chain=chain).log_variance == pytest.approx(
+            value, rel=1e-14
+        )
 
 
 # ------------------------------------------------------------------------------- the API
@@ -383,15 +400,20 @@ def test_diffusers_style_outputs_kwargs_batches_and_schedulers():
 
 
 def test_float32_model_inputs_and_float64_terms():
-    x0 = random_images(3).float()
+    x0 = random_images(3)
     dtypes = []
 
     def model(x_t, t):
         dtypes.append(x_t.dtype)
         return 0.5 * x_t
 
-    result = nll_bits_per_dim(model, toy_scheduler(), x0, progress=False)
-    assert set(dtypes) == {torch.float32} and result.total_bpd.dtype == F64 and torch.isfinite(result.total_bpd).all()
+    single = nll_bits_per_dim(model, toy_scheduler(), x0.float(), generator=torch.Generator().manual_seed(0),
+                              progress=False)
+    assert set(dtypes) == {torch.float32} and single.total_bpd.dtype == F64
+    # the terms are computed in float64: the bound is the float64 one up to the float32 rounding of the data
+    double = nll_bits_per_dim(model, toy_scheduler(), x0, generator=torch.Generator().manual_seed(0), progress=False)
+    torch.testing.assert_close(single.vb_bpd, double.vb_bpd, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(single.prior_bpd, double.prior_bpd, rtol=1e-6, atol=0)
 
 
 def test_clip_denoised_follows_the_scheduler_unless_overridden():

@@ -27,7 +27,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ddpm_from_scratch.diffusion_math import DiffusionChain
-from ddpm_from_scratch.pipeline import ScratchDDPMPipeline, step_noise
+from ddpm_from_scratch.fast_sampling import step_noise
+from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 
 STEPS = 4
@@ -46,7 +47,7 @@ def images(pipeline: ScratchDDPMPipeline, generator=None, steps: int = STEPS, **
 
 
 def plain_loop(unet, scheduler, generator, steps: int = STEPS, batch: int = 2) -> torch.Tensor:
-    """Algorithm 2 written out: the loop the pipeline ran before the fast path (CPU timesteps, step draws z)."""
+    """Algorithm 2 written out with CPU timesteps, the scheduler drawing each z itself."""
     sample = randn_tensor((batch, 1, 8, 8), generator=generator)
     scheduler.set_timesteps(steps)
     with torch.no_grad():
@@ -227,7 +228,7 @@ def test_scheduler_step_on_device_timesteps_reads_nothing_back(config):
     assert sample.shape == (2, 1, 8, 8)
 
 
-# ---- on a GPU (skipped here: no GPU in this environment) ------------------------------------------
+# ---- on a GPU (skipped without one) --------------------------------------------------------------
 
 
 @needs_cuda

@@ -17,7 +17,8 @@ from _pipeline_fixtures import (  # noqa: F401 (single_torch_thread: autouse fix
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, PNDMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from ddpm_from_scratch.pipeline import ScratchDDPMPipeline, class_conditioning, classifier_free_guidance
+from ddpm_from_scratch.conditioning import class_conditioning, classifier_free_guidance
+from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 
 STEPS = 4
 NUM_CLASSES = 3

@@ -1,4 +1,4 @@
-"""The sampling command (python -m ddpm_from_scratch.sample / ddpm-sample) and make_image_grid."""
+"""The sampling command (ddpm-sample), make_image_grid and the pixel scalings of image_utils."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from _pipeline_fixtures import (  # noqa: F401 (single_torch_thread: autouse fix
 )
 from PIL import Image
 
-from ddpm_from_scratch.image_utils import make_image_grid, save_image_atomic
+from ddpm_from_scratch.image_utils import make_image_grid, save_image_atomic, uint8_to_model_range, unit_range_to_uint8
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
-from ddpm_from_scratch.sample import main
+from ddpm_from_scratch.cli.sample import main
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,12 @@ def test_atomic_save_leaves_no_temporary_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
     with pytest.raises(ValueError, match="suffix"):
         save_image_atomic(Image.new("L", (2, 2)), tmp_path / "a")
+
+
+def test_pixel_scalings_round_trip_every_8_bit_value():
+    pixels = np.arange(256, dtype=np.uint8)
+    x = uint8_to_model_range(pixels)
+    assert x.dtype == torch.float32 and x[0] == -1.0 and x[-1] == 1.0
+    np.testing.assert_array_equal(unit_range_to_uint8((x.numpy() + 1) / 2), pixels)
+    np.testing.assert_array_equal(unit_range_to_uint8(np.array([-0.5, 0.4 / 255, 0.6 / 255, 1.5])), [0, 0, 1, 255])
+    assert uint8_to_model_range(pixels.reshape(16, 16)[::-1]).shape == (16, 16)  # negative strides

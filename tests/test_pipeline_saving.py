@@ -24,17 +24,21 @@ from diffusers import DDIMScheduler, DDPMPipeline, DiffusionPipeline
 from safetensors.torch import load_file
 
 import ddpm_from_scratch
-from ddpm_from_scratch.hub import CodeLayoutError, code_closure, relative_imports
+from ddpm_from_scratch.model_card import ModelCardInfo
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
+from ddpm_from_scratch.pipeline_folder import is_hub_repo_id
+from ddpm_from_scratch.remote_code import CodeLayoutError, code_closure, relative_imports
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 from ddpm_from_scratch.unet import ScratchUNet2DModel
 
 PACKAGE_DIR = Path(ddpm_from_scratch.__file__).parent
 STEPS = 3
 CALL = dict(batch_size=2, class_labels=[0, 2], guidance_scale=2.0, num_inference_steps=STEPS, output_type="np")
+# what a saved pipeline ships: the code that loading and sampling need, nothing for saving or publishing
 CODE_FILES = {
     "pipeline.py": "pipeline.py",
-    "hub.py": "hub.py",
+    "conditioning.py": "conditioning.py",
+    "fast_sampling.py": "fast_sampling.py",
     "unet/unet.py": "unet.py",
     "scheduler/scheduler.py": "scheduler.py",
     "scheduler/beta_schedules.py": "beta_schedules.py",
@@ -173,8 +177,10 @@ def test_loads_and_samples_where_the_package_is_not_importable(saved, expected_i
     assert all(module.startswith("diffusers_modules.") for module in report["classes"]), report
     assert report["package_modules"] == []
     np.testing.assert_allclose(outputs["first"], expected_images, atol=1e-6)
-    np.testing.assert_allclose(outputs["second"], expected_images, atol=1e-6)  # after a re-save without the package
-    assert set(CODE_FILES) <= files_in(tmp_path / "resaved")
+    # saving needs the package (its saving code is not shipped): a clear error, and nothing written
+    assert report["save_error"]["type"] == "ModuleNotFoundError"
+    assert "need the ddpm-from-scratch package (pip install ddpm-from-scratch)" in report["save_error"]["message"]
+    assert "second" not in outputs and not (tmp_path / "resaved").exists()
 
 
 def test_passed_components_replace_saved_ones_and_unknown_kwargs_are_refused(saved):
@@ -182,6 +188,40 @@ def test_passed_components_replace_saved_ones_and_unknown_kwargs_are_refused(sav
     assert type(loaded.scheduler) is DDIMScheduler and type(loaded.unet) is ScratchUNet2DModel
     with pytest.raises(ValueError, match="unexpected keyword arguments.*not_an_option"):
         ScratchDDPMPipeline.from_pretrained(saved, not_an_option=1)
+
+
+@pytest.mark.parametrize(
+    "name, is_repo",
+    [
+        ("google/ddpm-cifar10-32", True),
+        ("my-org/tiny.v2", True),
+        ("tiny-ddpm", False),  # no namespace: a local folder
+        ("outputs/run/pipeline", False),
+        ("/abs/path", False),
+        ("./rel/path", False),
+        ("~/models/ddpm", False),
+        ("org\\name", False),
+        ("", False),
+    ],
+)
+def test_hub_repo_ids_are_namespace_slash_name(name, is_repo):
+    assert is_hub_repo_id(name) is is_repo
+
+
+def test_a_missing_local_folder_is_a_file_not_found_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    for name in (str(tmp_path / "nowhere"), "nowhere", "outputs/nowhere", "./outputs/nowhere"):
+        with pytest.raises(FileNotFoundError, match=f"{name.lstrip('./')}.*does not exist"):
+            ScratchDDPMPipeline.from_pretrained(name)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(FileNotFoundError, match="a_file.*not a folder"):
+        ScratchDDPMPipeline.from_pretrained("a_file")
+
+
+def test_a_folder_given_with_tilde_is_found(saved, monkeypatch):
+    monkeypatch.setenv("HOME", str(saved.parent))
+    assert type(ScratchDDPMPipeline.from_pretrained(f"~/{saved.name}").unet) is ScratchUNet2DModel
 
 
 # ---- saving over an existing folder -------------------------------------------------------------------------
@@ -210,8 +250,6 @@ def test_saving_into_a_used_folder_keeps_other_files_and_drops_stale_weights(ori
     }
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left behind
     ScratchDDPMPipeline.from_pretrained(target)
-
-    from ddpm_from_scratch.hub import ModelCardInfo
 
     original.save_pretrained(target, model_card=ModelCardInfo(dataset="digits"))
     assert "digits" in (target / "README.md").read_text()
@@ -348,6 +386,14 @@ def test_a_plain_diffusers_pipeline_folder_is_refused_by_name(tmp_path):
 def test_imports_diffusers_cannot_follow_are_refused(source, match):
     with pytest.raises(CodeLayoutError, match=match):
         relative_imports(source, "module.py", "ddpm_from_scratch")
+
+
+def test_the_pipeline_ships_only_what_loading_and_sampling_need():
+    closure = [p.name for p in code_closure(PACKAGE_DIR / "pipeline.py", "ddpm_from_scratch")]
+    assert sorted(closure) == ["conditioning.py", "fast_sampling.py", "pipeline.py"]
+    # saving, loading with the package and publishing are imported by name, so none of them is followed
+    for name in ("pipeline_folder.py", "remote_code.py", "model_card.py", "hub_upload.py", "atomic_io.py"):
+        assert name not in closure
 
 
 def test_closure_follows_single_dot_imports_and_what_diffusers_reads_in_text(tmp_path):

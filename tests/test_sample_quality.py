@@ -12,26 +12,24 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_from_scratch import digits_classifier as dc
-from ddpm_from_scratch.digits_classifier import (
+from ddpm_from_scratch.digits import classifier as dc
+from ddpm_from_scratch.digits.classifier import (
     DigitsClassifierConfig,
-    as_uint8_images,
     load_digits_classifier,
     train_digits_classifier,
 )
-from ddpm_from_scratch.sample_quality import (
-    SampleQualityEvaluator,
+from ddpm_from_scratch.digits.data import as_uint8_images
+from ddpm_from_scratch.digits.metrics import (
     class_coverage,
     classifier_score,
-    evaluate_samples,
     frechet_distance,
     gaussian_statistics,
     histogram_entropy_bits,
     label_histogram,
     near_copy_threshold,
     nearest_neighbour_distances,
-    reference_report,
 )
+from ddpm_from_scratch.digits.quality import SampleQualityEvaluator, evaluate_samples, reference_report
 
 
 def random_spd(rng: np.random.Generator, d: int, rank: int | None = None) -> np.ndarray:
@@ -305,7 +303,7 @@ def test_module_level_api_matches_the_evaluator(evaluator, cache_dir):
 
 
 def test_reference_tables_command_prints_both_tables(cache_dir, capsys):
-    from ddpm_from_scratch.sample_quality import main
+    from ddpm_from_scratch.cli.digits_reference import main
 
     main(["--cache_dir", str(cache_dir)])
     out = capsys.readouterr().out

@@ -17,6 +17,8 @@ from _train_fixtures import (
     run_train,
     write_digit_folder,
 )
+from ddpm_from_scratch.atomic_io import write_json_atomic
+from ddpm_from_scratch.image_utils import uint8_to_model_range
 from training import checkpoints as ckpt
 from training.config import parse_options
 from training.data import (
@@ -25,7 +27,6 @@ from training.data import (
     find_image_column,
     make_collate_fn,
     prepare_training_data,
-    to_model_range,
     to_uint8_array,
 )
 from training.ema import ExponentialMovingAverage
@@ -98,10 +99,10 @@ def test_preprocessing_center_crops_and_maps_to_minus_one_one():
 
     wide = np.zeros((20, 40, 3), dtype=np.uint8)
     wide[:, 6:34] = 255  # white around the central 20x20 square (margin for the resampling filter), black sides
-    out = to_model_range(to_uint8_array(Image.fromarray(wide), 10, 3, center_crop=True))
+    out = uint8_to_model_range(to_uint8_array(Image.fromarray(wide), 10, 3, center_crop=True))
     assert out.shape == (3, 10, 10) and out.dtype == torch.float32
     assert torch.equal(out, torch.ones_like(out))  # only the white centre survives the crop
-    squashed = to_model_range(to_uint8_array(Image.fromarray(wide), 10, 3, center_crop=False))
+    squashed = uint8_to_model_range(to_uint8_array(Image.fromarray(wide), 10, 3, center_crop=False))
     assert squashed.min() == -1.0 and squashed.max() == 1.0
     assert to_uint8_array(Image.fromarray(wide[:, :, 0]), 8, 1, center_crop=True).shape == (1, 8, 8)
     assert to_uint8_array(Image.fromarray(wide), 8, 1, center_crop=True).shape == (1, 8, 8)  # RGB -> L
@@ -154,17 +155,19 @@ def test_epoch_order_shards_without_overlap_and_repeats_per_epoch():
 
 
 class _RecordingModel(torch.nn.Module):
-    """Stands in for the UNet: records its input dtype, returns a bf16 output like an autocast model."""
+    """Stands in for the UNet: records its input dtype and timesteps, returns a bf16 output like an autocast model."""
 
     def __init__(self):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.ones(()))
         self.seen_dtypes = []
+        self.seen_timesteps = []
 
     def forward(self, sample, timestep, class_labels=None):
         from types import SimpleNamespace
 
         self.seen_dtypes.append(sample.dtype)
+        self.seen_timesteps.append(timestep)
         return SimpleNamespace(sample=(sample * self.weight).to(torch.bfloat16))
 
 
@@ -183,7 +186,7 @@ def test_loss_is_float32_mse_against_the_scheduler_target(prediction_type):
     x_t = scheduler.add_noise(clean.float(), noise, t)
     target = {"epsilon": noise, "sample": clean.float(), "v_prediction": scheduler.get_velocity(clean.float(), noise, t)}
     expected = torch.mean((x_t.to(torch.bfloat16).float() - target[prediction_type]) ** 2)
-    assert torch.equal(out.timesteps, t)
+    assert torch.equal(model.seen_timesteps[0], t)
     assert torch.allclose(out.loss, expected, rtol=1e-6)
 
 
@@ -226,7 +229,7 @@ def _fake_checkpoint(root: Path, step: int) -> Path:
     folder = root / f"checkpoint-{step}"
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(bytes(range(256)) * 8)
-    ckpt.write_json(folder / ckpt.STATE_NAME, {"global_step": step})
+    write_json_atomic({"global_step": step}, folder / ckpt.STATE_NAME)
     ckpt.write_manifest(folder)
     return folder
 
@@ -299,6 +302,20 @@ def test_command_line_error_exits_with_code_2_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert "train.py: error: --num_epochs and --max_train_steps both given" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_script_and_ddpm_train_run_from_any_folder(tmp_path):
+    import subprocess
+    import sys
+
+    from _train_fixtures import TRAIN_SCRIPT, subprocess_env
+
+    ddpm_train = Path(sys.executable).with_name("ddpm-train")
+    for command in ([sys.executable, str(TRAIN_SCRIPT)], [str(ddpm_train)]):
+        result = subprocess.run(command + ["--num_epochs", "2", "--max_train_steps", "5"], cwd=tmp_path,
+                                env=subprocess_env(), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "--num_epochs and --max_train_steps both given" in result.stderr and "Traceback" not in result.stderr
 
 
 # ---- one short run, end to end --------------------------------------------------------------

@@ -22,11 +22,9 @@ from _train_fixtures import (
     finish,
     run_train,
     start_train,
-    subprocess_env,
     write_digit_folder,
 )
 from training import checkpoints as ckpt
-from training.checkpoints import FAULT_ENV
 
 STEPS = 6
 TOLERANCE = 1e-6  # the same float ops in the same order: equal up to rounding, in practice bit-equal
@@ -45,9 +43,8 @@ def setting(tmp_path_factory):
     # the three runs are independent: run them side by side
     runs = [
         start_train(args + ["--output_dir", str(reference)]),
-        start_train(args + ["--output_dir", str(killed)], env=subprocess_env(**{FAULT_ENV: "kill_after_checkpoint:4"})),
-        start_train(args + ["--output_dir", str(killed_while_saving)],
-                    env=subprocess_env(**{FAULT_ENV: "kill_while_checkpointing:4"})),
+        start_train(args + ["--output_dir", str(killed)], patches=["--kill-after-checkpoint", "4"]),
+        start_train(args + ["--output_dir", str(killed_while_saving)], patches=["--kill-while-checkpointing", "4"]),
     ]
     reference_run, killed_run, killed_while_saving_run = [finish(run) for run in runs]
     check_ok(reference_run)

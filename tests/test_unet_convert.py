@@ -13,11 +13,11 @@ import torch
 from _unet_fixtures import DIFFUSERS_CIFAR10_CONFIG
 from diffusers import UNet2DModel
 
+from ddpm_from_scratch.cli.convert import main
 from ddpm_from_scratch.convert import (
     convert_diffusers_unet,
     convert_state_dict,
     diffusers_config_from_scratch,
-    main,
     scratch_config_from_diffusers,
 )
 from ddpm_from_scratch.unet import UNET_PRESETS, ScratchUNet2DModel
@@ -154,5 +154,5 @@ def test_mismatched_state_dict_is_refused():
 def test_command_line_converts_a_saved_pipeline_folder(tmp_path):
     theirs = random_diffusers_unet()
     theirs.save_pretrained(tmp_path / "pipe" / "unet")
-    main([str(tmp_path / "pipe"), str(tmp_path / "scratch")])
+    assert main([str(tmp_path / "pipe"), str(tmp_path / "scratch")]) == 0
     assert_same_function(theirs, ScratchUNet2DModel.from_pretrained(tmp_path / "scratch").eval())

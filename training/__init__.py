@@ -1,4 +1,5 @@
-"""Training for ddpm-from-scratch: `accelerate launch training/train.py ...` (or `python training/train.py ...`).
+"""Training for ddpm-from-scratch: `accelerate launch training/train.py ...`, `python training/train.py ...`
+or the installed command `ddpm-train ...` (the `train` extra: pip install "ddpm-from-scratch[train]").
 
 Modules, one job each:
     config       command line, presets, checks that need no data

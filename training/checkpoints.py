@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from ddpm_from_scratch.atomic_io import write_json_atomic
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -34,9 +32,6 @@ STAGING_PREFIX = ".tmp-"
 MANIFEST_NAME = "manifest.json"
 STATE_NAME = "training_state.json"
 MANIFEST_FORMAT = 1
-# Test hook: "kill_after_checkpoint:<step>" or "kill_while_checkpointing:<step>" makes the main
-# process SIGKILL itself at that point, so tests can check what an interrupted run leaves behind.
-FAULT_ENV = "DDPM_TRAIN_FAULT"
 
 
 def checkpoints_root(output_dir: str | os.PathLike) -> Path:
@@ -82,18 +77,8 @@ def write_manifest(folder: Path) -> dict[str, Any]:
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
         files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256_and_fsync(path)}
     manifest = {"format": MANIFEST_FORMAT, "files": files}
-    write_json(folder / MANIFEST_NAME, manifest)
+    write_json_atomic(manifest, folder / MANIFEST_NAME, indent=1)
     return manifest
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON through a temporary file and a rename (fsynced)."""
-    tmp = path.with_name(f"{STAGING_PREFIX}{path.name}")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def verify_checkpoint(folder: Path) -> list[str]:
@@ -203,12 +188,6 @@ def set_aside(path: Path) -> Path:
 # ---- saving --------------------------------------------------------------------------------
 
 
-def maybe_inject_fault(stage: str, step: int) -> None:
-    if os.environ.get(FAULT_ENV) == f"{stage}:{step}":
-        logger.warning("%s=%s: killing this process with SIGKILL", FAULT_ENV, os.environ[FAULT_ENV])
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def save_checkpoint(accelerator, root: Path, step: int, training_state: dict[str, Any]) -> Path:
     """Save the full training state atomically as root/checkpoint-<step>. Call on every process."""
     final = root / f"checkpoint-{step}"
@@ -221,15 +200,13 @@ def save_checkpoint(accelerator, root: Path, step: int, training_state: dict[str
     accelerator.save_state(str(staging))  # every process writes its own RNG state into the same folder
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(staging / STATE_NAME, training_state)
-        maybe_inject_fault("kill_while_checkpointing", step)
+        write_json_atomic(training_state, staging / STATE_NAME, indent=1)
         write_manifest(staging)
         _fsync_dir(staging)
         if final.exists():  # the same step saved by an earlier attempt of this run
             _remove(final)
         os.rename(staging, final)
         _fsync_dir(root)
-        maybe_inject_fault("kill_after_checkpoint", step)
     accelerator.wait_for_everyone()
     return final
 

@@ -12,7 +12,7 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
-from ddpm_from_scratch.hub import ModelCardInfo
+from ddpm_from_scratch.model_card import ModelCardInfo
 from ddpm_from_scratch.image_utils import make_image_grid
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
@@ -49,7 +49,7 @@ def attention_resolutions_at(preset: str, resolution: int) -> tuple[int, ...]:
 
 
 def build_unet(opts: TrainingOptions, num_channels: int, num_classes: int | None) -> ScratchUNet2DModel:
-    check_resolution(opts.unet_preset, opts.resolution)
+    """The preset's UNet at ``opts.resolution`` (checked by `check_resolution` when the trainer starts)."""
     return ScratchUNet2DModel.from_preset(
         opts.unet_preset,
         sample_size=opts.resolution,
@@ -123,8 +123,8 @@ def grid_of(images: list[PIL.Image.Image], num_classes: int | None = None) -> PI
 
 
 def digits_sample_quality(images: list[PIL.Image.Image]) -> dict[str, float]:
-    """Sample-quality figures of generated 8x8 digits (ddpm_from_scratch.sample_quality) for the model card."""
-    from ddpm_from_scratch.sample_quality import evaluate_samples
+    """Sample-quality figures of generated 8x8 digits (ddpm_from_scratch.digits.quality) for the model card."""
+    from ddpm_from_scratch.digits.quality import evaluate_samples
 
     report = evaluate_samples(images)
     figures = report.samples

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ddpm_from_scratch.beta_schedules import BETA_SCHEDULES
+from ddpm_from_scratch.diffusion_math import FIXED_VARIANCE_TYPES, LEARNED_VARIANCE_TYPES, PREDICTION_TYPES
+from ddpm_from_scratch.losses import LOSS_TYPES
+
 # Options a preset may set. Anything not listed here has one global default (GLOBAL_DEFAULTS).
 PRESETS: dict[str, dict[str, Any]] = {
     # Small enough to train on a 2-core CPU in well under 10 minutes, sampling included; the
@@ -96,14 +100,8 @@ GLOBAL_DEFAULTS: dict[str, Any] = dict(
     hub_private_repo=False,
 )
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-LOSS_TYPES = ("simple", "hybrid")
-# learned variances need the hybrid loss (L_simple + L_vlb) to train the variance output
-FIXED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
-LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 LR_SCHEDULERS = ("constant_with_warmup", "constant", "linear", "cosine")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 BUILTIN_DIGITS = "builtin:digits"
 
 

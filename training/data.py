@@ -25,6 +25,8 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
+from ddpm_from_scratch.image_utils import uint8_to_model_range
+
 from .config import BUILTIN_DIGITS, TrainingOptions
 
 logger = logging.getLogger(__name__)
@@ -218,11 +220,6 @@ def to_uint8_array(image: PIL.Image.Image, resolution: int, num_channels: int, c
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def to_model_range(pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """uint8 pixels 0..255 -> float32 in [-1, 1] (the paper's data scaling, sec. 3.3)."""
-    return torch.as_tensor(pixels).float() / 127.5 - 1.0
-
-
 def _to_mode(image: PIL.Image.Image, mode: str) -> PIL.Image.Image:
     if image.mode == mode:
         return image
@@ -261,7 +258,7 @@ class PreloadedImages:
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = torch.tensor(indices)
-        batch = {"pixel_values": to_model_range(self.pixels[index])}
+        batch = {"pixel_values": uint8_to_model_range(self.pixels[index])}
         if self.labels is not None:
             batch["class_labels"] = self.labels[index]
         return batch
@@ -279,7 +276,7 @@ def make_collate_fn(data: TrainingData, resolution: int, center_crop: bool) -> C
 
     def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
         pixels = np.stack([_decode_row(data, row, resolution, center_crop) for row in rows])
-        batch = {"pixel_values": to_model_range(pixels)}
+        batch = {"pixel_values": uint8_to_model_range(pixels)}
         if data.label_column is not None:
             batch["class_labels"] = torch.tensor([row[data.label_column] for row in rows], dtype=torch.long)
         return batch

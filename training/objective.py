@@ -1,6 +1,6 @@
 """The training objective: one function from a batch of clean images to a scalar loss.
 
-L_simple (derivation L2): E_{t, x_0, eps} || target - model(x_t, t) ||^2 with t ~ U{0..T-1} and
+L_simple (L2 in docs/derivation.md): E_{t, x_0, eps} || target - model(x_t, t) ||^2 with t ~ U{0..T-1} and
 x_t from the closed-form forward process (F2). The target is the noise (the paper), x_0 or v,
 whichever the scheduler's `prediction_type` says (`scheduler.training_target`).
 
@@ -24,7 +24,6 @@ from ddpm_from_scratch.losses import DEFAULT_LAMBDA_VLB, training_loss
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # scalar, float32, differentiable
-    timesteps: torch.Tensor  # (B,) the t drawn for each image, for per-timestep diagnostics
 
 
 def draw_timesteps(batch_size: int, num_train_timesteps: int, generator: torch.Generator, device) -> torch.Tensor:
@@ -50,9 +49,9 @@ def diffusion_loss(
     noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)  # F2, float32
     extra = {} if class_labels is None else {"class_labels": class_labels}
     model_output = model(noisy_images, timesteps, **extra).sample.float()
-    terms = training_loss(loss_type, model_output, noise_scheduler, clean_images, noisy_images, noise, timesteps,
-                          lambda_vlb=lambda_vlb)
-    return LossOutput(loss=terms.loss, timesteps=timesteps)
+    loss = training_loss(loss_type, model_output, noise_scheduler, clean_images, noisy_images, noise, timesteps,
+                         lambda_vlb=lambda_vlb)
+    return LossOutput(loss=loss)
 
 
 def random_horizontal_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

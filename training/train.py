@@ -3,6 +3,7 @@
 
     accelerate launch training/train.py --preset digits          # any accelerate setup
     python training/train.py --preset digits                     # one process
+    ddpm-train --preset digits                                   # one process, the installed command
 
 What one optimizer update does (every process, in lock step):
     for each of the gradient_accumulation_steps micro-batches:
@@ -26,13 +27,6 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
-
-if __package__ in (None, ""):
-    # run as a script: import `training` from the repository root rather than its modules as top-level
-    # names (the script's folder would otherwise shadow any installed module called e.g. `config`)
-    _script_dir = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _script_dir]
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch
@@ -426,7 +420,8 @@ class Trainer:
 
     def _finish(self) -> Path:
         """Sample the final grid, save the EMA pipeline with its model card, push if asked."""
-        from training.checkpoints import write_json
+        from ddpm_from_scratch.atomic_io import write_json_atomic
+
         from training.components import (build_pipeline, digits_sample_quality, grid_of, make_model_card,
                                          push_pipeline, save_pipeline)
 
@@ -442,7 +437,7 @@ class Trainer:
             if self._is_builtin_digits() and len(images) >= 2:
                 metrics.update(digits_sample_quality(images))
                 metrics["digits_quality_num_images"] = len(images)
-            write_json(opts.output_path / "metrics.json", metrics)
+            write_json_atomic(metrics, opts.output_path / "metrics.json", indent=1)
             grid = grid_of(images, self.data.num_classes)
             training_config = {**opts.for_model_card(), "data": self.data.description,
                                "max_train_steps": self.max_train_steps,

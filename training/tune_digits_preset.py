@@ -6,7 +6,7 @@
 Each candidate is a complete `training/train.py` run (data, training, checkpoints, the final grid,
 saving) in a subprocess, timed end to end; quality comes from the run's metrics.json (the digits
 classifier's Frechet distance and classifier score on the final grid's samples, see
-ddpm_from_scratch/sample_quality.py). Prints one table row per run. Timings depend on the machine
+ddpm_from_scratch/digits/quality.py). Prints one table row per run. Timings depend on the machine
 and on what else runs on it: report them with the device and its load.
 """
 

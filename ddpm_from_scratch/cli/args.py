@@ -1,4 +1,4 @@
-"""Argument types shared by the command-line tools (ddpm-sample, ddpm-evaluate)."""
+"""Argument types and device resolution shared by the console commands."""
 
 from __future__ import annotations
 

@@ -1,13 +1,11 @@
 """Sample quality of generated digits, each figure printed beside the same figure for real digits.
 
-Inception weights cannot be downloaded here, so the usual figures are computed with the small
-classifier of :mod:`ddpm_from_scratch.digits_classifier` (trained on the ``train`` split only):
+The figures (:mod:`.metrics`) are computed in the features and predictions of the small classifier of
+:mod:`.classifier` (trained on the ``train`` split only), the digits' stand-in for Inception:
 
-* Frechet distance (FID analogue): distance between Gaussians fitted to penultimate-layer
-  features of the samples and of the held-out split (Heusel et al. 2017, eq. 6).
-* Classifier score (Inception Score analogue): exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016).
-* Class coverage: share of the 10 classes among confident predictions, and the entropy of the
-  predicted-label histogram.
+* Frechet distance (FID analogue) from the samples to the held-out split.
+* Classifier score (Inception Score analogue).
+* Class coverage and the entropy of the predicted-label histogram.
 * Near-copy fraction: share of samples closer (pixel L2) to some training image than almost all
   training images are to their nearest *other* training image (memorisation check).
 
@@ -28,164 +26,20 @@ import os
 
 import numpy as np
 
-from .digits import DIGITS_NUM_CLASSES
-from .digits_classifier import (
-    TrainedDigitsClassifier,
-    train_and_held_out_arrays,
-    as_uint8_images,
-    load_digits_classifier,
+from .classifier import TrainedDigitsClassifier, load_digits_classifier, train_and_held_out_arrays
+from .data import as_uint8_images
+from .metrics import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_NEAR_COPY_QUANTILE,
+    class_coverage,
+    classifier_score,
+    frechet_distance,
+    gaussian_statistics,
+    histogram_entropy_bits,
+    label_histogram,
+    near_copy_threshold,
+    nearest_neighbour_distances,
 )
-
-DEFAULT_CONFIDENCE = 0.9
-DEFAULT_NEAR_COPY_QUANTILE = 0.01
-
-# ----------------------------------------------------------------------------- the formulas
-
-
-def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (D,) and unbiased covariance (D, D) of features (N, D), in float64."""
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"features must have shape (N, D) with N >= 2, got {features.shape}")
-    return features.mean(axis=0), np.cov(features, rowvar=False, ddof=1).reshape(features.shape[1], -1)
-
-
-def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric PSD matrix by eigendecomposition (negative round-off clipped)."""
-    eigenvalues, eigenvectors = np.linalg.eigh((matrix + matrix.T) / 2)
-    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
-
-
-def trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
-    """tr((cov1 cov2)^(1/2)) for symmetric PSD cov1, cov2.
-
-    cov1 cov2 is not symmetric, and a general matrix square root of it (scipy's ``sqrtm``)
-    can return complex round-off or fail on singular covariances. Its eigenvalues equal those
-    of the symmetric PSD matrix cov1^(1/2) cov2 cov1^(1/2), so the trace is the sum of the square
-    roots of that matrix's (real, clipped at 0) eigenvalues.
-    """
-    sqrt_cov1 = _psd_sqrt(cov1)
-    middle = sqrt_cov1 @ cov2 @ sqrt_cov1
-    eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
-    return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
-
-
-def frechet_distance(mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray, cov2: np.ndarray) -> float:
-    """Frechet (2-Wasserstein squared) distance between N(mean1, cov1) and N(mean2, cov2).
-
-    d^2 = ||mean1 - mean2||^2 + tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2))
-    (Dowson and Landau 1982; the FID formula, Heusel et al. 2017, eq. 6). The true value is
-    >= 0; round-off below zero is clipped.
-    """
-    mean1, mean2 = np.asarray(mean1, np.float64), np.asarray(mean2, np.float64)
-    cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
-    d = mean1.shape[0]
-    if mean1.shape != (d,) or mean2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
-        raise ValueError(
-            "frechet_distance: means must be (D,) and covariances (D, D) with the same D; got "
-            f"{mean1.shape}, {cov1.shape}, {mean2.shape}, {cov2.shape}"
-        )
-    squared_mean_distance = float(np.sum((mean1 - mean2) ** 2))
-    value = squared_mean_distance + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt_product(cov1, cov2)
-    return max(float(value), 0.0)
-
-
-def frechet_distance_of_features(features1: np.ndarray, features2: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (N1, D) and (N2, D)."""
-    return frechet_distance(*gaussian_statistics(features1), *gaussian_statistics(features2))
-
-
-def classifier_score(probabilities: np.ndarray) -> float:
-    """exp(E_x KL(p(y|x) || p(y))), p(y) = E_x p(y|x): the Inception Score formula (Salimans et al. 2016).
-
-    Ranges from 1 (every sample gets the same prediction, or every prediction is uniform) to the
-    number of classes (confident predictions spread evenly over all classes). Computed on the
-    whole set (no 10-split average), in float64.
-    """
-    p_y_given_x = _check_probabilities(probabilities)
-    p_y = p_y_given_x.mean(axis=0, keepdims=True)
-    # xlogy-style: 0 * log(0 / q) = 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p_y_given_x > 0, p_y_given_x * (np.log(p_y_given_x) - np.log(p_y)), 0.0)
-    return float(np.exp(terms.sum(axis=1).mean()))
-
-
-def label_histogram(probabilities: np.ndarray) -> np.ndarray:
-    """Counts (10,) of the predicted (argmax) labels."""
-    p = _check_probabilities(probabilities)
-    return np.bincount(p.argmax(axis=1), minlength=p.shape[1])
-
-
-def class_coverage(probabilities: np.ndarray, confidence: float = DEFAULT_CONFIDENCE) -> float:
-    """Fraction of the classes predicted, with max probability >= ``confidence``, for at least one sample."""
-    if not 0.0 < confidence <= 1.0:
-        raise ValueError(f"confidence must be in (0, 1], got {confidence}")
-    p = _check_probabilities(probabilities)
-    confident = p.max(axis=1) >= confidence
-    return float(np.unique(p.argmax(axis=1)[confident]).size / p.shape[1])
-
-
-def histogram_entropy_bits(counts: np.ndarray) -> float:
-    """Entropy in bits of a histogram (log2(10) = 3.32 for ten equally filled classes, 0 for one)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.ndim != 1 or counts.sum() <= 0 or (counts < 0).any():
-        raise ValueError("counts must be a non-empty 1-d array of non-negative counts with a positive sum")
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum() + 0.0)  # + 0.0 turns -0.0 (one class) into 0.0
-
-
-def nearest_neighbour_distances(
-    queries: np.ndarray, references: np.ndarray, exclude_self: bool = False, chunk_size: int = 2048
-) -> np.ndarray:
-    """Pixel-space L2 distance (pixels scaled to [0, 1]) from each query image to its nearest reference.
-
-    ``exclude_self=True`` requires ``queries is references`` in content and skips the i == i
-    pair (leave-one-out). Chunked: memory is chunk_size x len(references) floats.
-    """
-    q = _flatten_unit(queries, "queries")
-    r = _flatten_unit(references, "references")
-    if exclude_self and q.shape != r.shape:
-        raise ValueError("exclude_self=True needs queries and references to be the same images")
-    r_sq = (r * r).sum(axis=1)
-    out = np.empty(len(q))
-    for start in range(0, len(q), chunk_size):
-        chunk = q[start : start + chunk_size]
-        # ||a - b||^2 = |a|^2 + |b|^2 - 2 a.b, one matrix product per chunk
-        d2 = (chunk * chunk).sum(axis=1)[:, None] + r_sq[None, :] - 2.0 * chunk @ r.T
-        if exclude_self:
-            rows = np.arange(len(chunk))
-            d2[rows, start + rows] = np.inf
-        out[start : start + len(chunk)] = np.sqrt(np.clip(d2.min(axis=1), 0.0, None))
-    return out
-
-
-def near_copy_threshold(train_images: np.ndarray, quantile: float = DEFAULT_NEAR_COPY_QUANTILE) -> float:
-    """The ``quantile`` of leave-one-out nearest-neighbour distances within the training set.
-
-    A sample closer than this to a training image is nearer to it than (1 - quantile) of the
-    real training digits are to any other training digit: closer than independent handwriting
-    of the same digit usually gets, so most likely a (noisy) copy.
-    """
-    if not 0.0 < quantile < 1.0:
-        raise ValueError(f"near_copy quantile must be in (0, 1), got {quantile}")
-    return float(np.quantile(nearest_neighbour_distances(train_images, train_images, exclude_self=True), quantile))
-
-
-def _check_probabilities(probabilities: np.ndarray) -> np.ndarray:
-    p = np.asarray(probabilities, dtype=np.float64)
-    if p.ndim != 2 or p.shape[0] == 0:
-        raise ValueError(f"probabilities must have shape (N, classes) with N >= 1, got {p.shape}")
-    if (p < 0).any() or not np.allclose(p.sum(axis=1), 1.0, atol=1e-6):
-        raise ValueError("probabilities must be non-negative with rows summing to 1")
-    return p
-
-
-def _flatten_unit(images, name: str) -> np.ndarray:
-    array = as_uint8_images(images, name)
-    return array.reshape(len(array), -1).astype(np.float64) / 255.0
-
-
-# ----------------------------------------------------------------------------- reports
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,9 +50,9 @@ class QualityFigures:
     frechet_distance: float  # to the held-out split, in classifier features; lower is better
     frechet_distance_std: float  # reference: spread over draws of real digits; samples: 0 (one set)
     fd_num_images: int  # images entering the Frechet distance (reference: real train digits)
-    classifier_score: float  # 1..10, higher is better
+    classifier_score: float  # 1..number of classes, higher is better
     class_coverage: float  # 0..1
-    label_entropy_bits: float  # 0..log2(10) = 3.32
+    label_entropy_bits: float  # 0..log2(number of classes)
     confident_fraction: float  # share of images with max p(y|x) >= confidence
     near_copy_fraction: float  # share of images that are near-copies of a training image
     median_train_distance: float  # median pixel L2 distance to the nearest training image
@@ -221,44 +75,48 @@ class SampleQualityReport:
 
     def format_table(self) -> str:
         """A plain-text table: one row per figure, columns samples | real digits."""
-        s, r = self.samples, self.reference
-        rows = [
-            ("images", f"{s.num_images}", f"{r.num_images} held-out"),
-            (
-                "Frechet distance to held-out (lower better)",
-                f"{s.frechet_distance:.3f}",
-                f"{r.frechet_distance:.3f} +- {r.frechet_distance_std:.3f} ({r.fd_num_images} train digits)",
-            ),
-            ("classifier score (1..10, higher better)", f"{s.classifier_score:.3f}", f"{r.classifier_score:.3f}"),
-            (f"class coverage (p >= {self.confidence:g})", f"{s.class_coverage:.2f}", f"{r.class_coverage:.2f}"),
-            (
-                f"label entropy (bits, max {np.log2(DIGITS_NUM_CLASSES):.2f})",
-                f"{s.label_entropy_bits:.3f}",
-                f"{r.label_entropy_bits:.3f}",
-            ),
-            (
-                f"confident fraction (p >= {self.confidence:g})",
-                f"{s.confident_fraction:.3f}",
-                f"{r.confident_fraction:.3f}",
-            ),
-            (
-                f"near-copy fraction (L2 < {self.near_copy_threshold:.3f})",
-                f"{s.near_copy_fraction:.3f}",
-                f"{r.near_copy_fraction:.3f}",
-            ),
-            ("median L2 to nearest train image", f"{s.median_train_distance:.3f}", f"{r.median_train_distance:.3f}"),
-        ]
-        width = max(len(row[0]) for row in rows)
-        col = max(len(row[1]) for row in rows + [("", "samples", "")])
-        lines = [
-            f"Sample quality (digits classifier, held-out accuracy {100 * self.classifier_held_out_accuracy:.1f}%)",
-            f"{'figure':<{width}}  {'samples':>{col}}  real digits",
-        ]
-        lines += [f"{name:<{width}}  {sample:>{col}}  {real}" for name, sample, real in rows]
-        return "\n".join(lines)
+        title = f"Sample quality (digits classifier, held-out accuracy {100 * self.classifier_held_out_accuracy:.1f}%)"
+        images = ("images", f"{self.samples.num_images}", f"{self.reference.num_images} held-out")
+        return format_figure_table(title, "samples", "real digits", [images, *figure_rows(self)])
 
     def __str__(self) -> str:
         return self.format_table()
+
+
+def figure_rows(report: SampleQualityReport) -> list[tuple[str, str, str]]:
+    """The rows (figure, samples, real digits) of every quality table, from the Frechet distance on."""
+    s, r, conf = report.samples, report.reference, report.confidence
+    num_classes = len(s.label_histogram)
+    return [
+        (
+            "Frechet distance to held-out (lower better)",
+            f"{s.frechet_distance:.3f}",
+            f"{r.frechet_distance:.3f} +- {r.frechet_distance_std:.3f} ({r.fd_num_images} train digits)",
+        ),
+        (f"classifier score (1..{num_classes}, higher better)", f"{s.classifier_score:.3f}", f"{r.classifier_score:.3f}"),
+        (f"class coverage (p >= {conf:g})", f"{s.class_coverage:.2f}", f"{r.class_coverage:.2f}"),
+        (
+            f"label entropy (bits, max {np.log2(num_classes):.2f})",
+            f"{s.label_entropy_bits:.3f}",
+            f"{r.label_entropy_bits:.3f}",
+        ),
+        (f"confident fraction (p >= {conf:g})", f"{s.confident_fraction:.3f}", f"{r.confident_fraction:.3f}"),
+        (
+            f"near-copy fraction (L2 < {report.near_copy_threshold:.3f})",
+            f"{s.near_copy_fraction:.3f}",
+            f"{r.near_copy_fraction:.3f}",
+        ),
+        ("median L2 to nearest train image", f"{s.median_train_distance:.3f}", f"{r.median_train_distance:.3f}"),
+    ]
+
+
+def format_figure_table(title: str, model_column: str, real_column: str, rows: list[tuple[str, str, str]]) -> str:
+    """``title``, a header line and one line per (figure, model, real) row, in aligned columns."""
+    width = max(len(row[0]) for row in rows)
+    col = max(len(model_column), *(len(row[1]) for row in rows))
+    lines = [title, f"{'figure':<{width}}  {model_column:>{col}}  {real_column}"]
+    lines += [f"{name:<{width}}  {model:>{col}}  {real}".rstrip() for name, model, real in rows]
+    return "\n".join(lines)
 
 
 class SampleQualityEvaluator:
@@ -424,18 +282,3 @@ def reference_tables(evaluator: SampleQualityEvaluator, sizes: tuple[int, ...] =
             f"{f.near_copy_fraction:.3f} | {f.median_train_distance:.3f} |"
         )
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m ddpm_from_scratch.sample_quality``: print the real-digit reference tables."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--cache_dir", default=None, help="classifier cache folder (default: see digits_classifier)")
-    args = parser.parse_args(argv)
-    evaluator = SampleQualityEvaluator(load_digits_classifier(cache_dir=args.cache_dir, progress=True))
-    print(reference_tables(evaluator))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
-"""Command line: sample from a saved pipeline and write a PNG grid.
+"""ddpm-sample: sample from a saved pipeline and write a PNG grid.
 
-    python -m ddpm_from_scratch.sample PATH --num-images 64 --out grid.png
+    ddpm-sample PATH --num-images 64 --out grid.png
     ddpm-sample PATH --num-images 64 --out grid.png --num-inference-steps 250 --seed 0 --device cuda
 
 PATH is a folder written by ``save_pretrained`` or a Hub repo id. Image i is drawn with its own
@@ -14,10 +14,11 @@ import argparse
 import math
 from collections.abc import Sequence
 
-import torch
+import numpy as np
 
-from .cli_utils import positive_int, resolve_device
-from .image_utils import make_image_grid, save_image_atomic
+from ..image_utils import make_image_grid, save_image_atomic
+from ..seeded_sampling import sample_with_image_seeds
+from .args import positive_int, resolve_device
 
 SCHEDULER_CHOICES = ("saved", "ddim")
 
@@ -91,9 +92,9 @@ def _labels_for(class_label: int | str | None, count: int, offset: int, num_clas
     return [int(class_label)] * count
 
 
-def sample_grid(args: argparse.Namespace) -> tuple[torch.Tensor, int]:
-    """Run the sampler as ``args`` say; returns (images as an (N, C, H, W) tensor in [0, 1], steps)."""
-    from .pipeline import ScratchDDPMPipeline
+def sample_grid(args: argparse.Namespace) -> tuple[np.ndarray, int]:
+    """Run the sampler as ``args`` say; returns (images as float (N, H, W, C) in [0, 1], steps)."""
+    from ..pipeline import ScratchDDPMPipeline, class_conditioning
 
     pipeline = ScratchDDPMPipeline.from_pretrained(args.path)
     if args.scheduler == "ddim":
@@ -101,25 +102,20 @@ def sample_grid(args: argparse.Namespace) -> tuple[torch.Tensor, int]:
 
         pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
     pipeline.to(resolve_device(args.device))
-    num_classes = pipeline._num_classes()
+    conditioning = class_conditioning(pipeline.unet)
+    num_classes = None if conditioning is None else conditioning[0]
     steps = args.num_inference_steps or pipeline.scheduler.config.num_train_timesteps
-
-    batches = []
-    num_batches = math.ceil(args.num_images / args.batch_size)
-    for batch_index, start in enumerate(range(0, args.num_images, args.batch_size)):
-        count = min(args.batch_size, args.num_images - start)
-        generators = [torch.Generator("cpu").manual_seed(args.seed + start + i) for i in range(count)]
-        pipeline.set_progress_bar_config(desc=f"batch {batch_index + 1}/{num_batches}")
-        output = pipeline(
-            batch_size=count,
-            generator=generators,
-            num_inference_steps=steps,
-            class_labels=_labels_for(args.class_label, count, start, num_classes),
-            guidance_scale=args.guidance_scale,
-            output_type="pt",
-        )
-        batches.append(output.images.cpu())
-    return torch.cat(batches), steps
+    images = sample_with_image_seeds(
+        pipeline,
+        args.num_images,
+        num_inference_steps=steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        class_labels_for=lambda count, offset: _labels_for(args.class_label, count, offset, num_classes),
+        describe_batches=True,
+        guidance_scale=args.guidance_scale,
+    )
+    return images, steps
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         images, steps = sample_grid(args)
-        height = images.shape[-2]
+        height = images.shape[1]
         scale = args.scale or max(1, math.ceil(32 / height))
         grid = make_image_grid(images, cols=args.cols, scale=scale)
         out = save_image_atomic(grid, args.out)

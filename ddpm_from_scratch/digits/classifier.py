@@ -1,6 +1,6 @@
 """A small digits classifier: the "Inception network" of the sample-quality evaluator.
 
-Inception weights cannot be downloaded here, so FID and Inception Score are replaced by their
+Inception features mean little on 8x8 grey digits, so FID and Inception Score are replaced by their
 analogues in the features of a tiny CNN trained on the built-in digits (``train`` split only;
 the ``test`` split stays held out for the evaluator). Training is deterministic and takes seconds
 on one CPU core; the weights are cached as safetensors under a key that hashes the
@@ -18,8 +18,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,11 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .digits import (
+from ..atomic_io import atomic_path
+from ..image_utils import uint8_to_model_range
+from .data import (
     DEFAULT_HELD_OUT_FRACTION,
     DEFAULT_SPLIT_SEED,
     DIGITS_NUM_CLASSES,
     DIGITS_RESOLUTION,
+    as_uint8_images,
     digits_as_uint8,
     split_indices,
 )
@@ -95,62 +97,6 @@ class DigitsClassifier(nn.Module):
         return self.fc_logits(self.features(x))
 
 
-# ----------------------------------------------------------------------------- image input
-
-
-def as_uint8_images(images: np.ndarray | torch.Tensor | Sequence, name: str = "images") -> np.ndarray:
-    """Normalise a batch of 8x8 grey images to a uint8 array (N, 8, 8).
-
-    Accepts numpy arrays or torch tensors shaped (N, 8, 8), (N, 1, 8, 8) or (N, 8, 8, 1) (the
-    last is diffusers' ``output_type="np"`` layout), or a sequence of PIL images. Integer input
-    must lie in 0..255; float input must lie in [0, 1] (diffusers' output convention) and is
-    quantised with ``round(255 * x)``, the inverse of the pipeline's own conversion.
-    """
-    if isinstance(images, torch.Tensor):
-        array = images.detach().cpu().numpy()
-    elif isinstance(images, np.ndarray):
-        array = images
-    elif isinstance(images, Sequence) and len(images) > 0 and hasattr(images[0], "convert"):
-        array = np.stack([np.asarray(image.convert("L")) for image in images])
-    else:
-        raise ValueError(
-            f"{name} must be a numpy array, a torch tensor or a list of PIL images, got {type(images).__name__}"
-        )
-
-    r = DIGITS_RESOLUTION
-    if array.ndim == 4 and array.shape[1] == 1:
-        array = array[:, 0]
-    elif array.ndim == 4 and array.shape[3] == 1:
-        array = array[..., 0]
-    if array.ndim != 3 or array.shape[1:] != (r, r):
-        raise ValueError(
-            f"{name} must have shape (N, {r}, {r}), (N, 1, {r}, {r}) or (N, {r}, {r}, 1), "
-            f"got {tuple(np.shape(images))}"
-        )
-    if len(array) == 0:
-        raise ValueError(f"{name} is empty; need at least one image")
-
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
-            raise ValueError(
-                f"float {name} must be finite and in [0, 1] (diffusers' output range); "
-                f"got min {np.nanmin(array):.3g}, max {np.nanmax(array):.3g}. Map [-1, 1] model output "
-                "with (x + 1) / 2 first, or pass uint8."
-            )
-        return np.rint(array * 255.0).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
-        if array.min() < 0 or array.max() > 255:
-            raise ValueError(f"integer {name} must be in 0..255, got min {array.min()}, max {array.max()}")
-        return array.astype(np.uint8)
-    raise ValueError(f"{name} must have an integer or float dtype, got {array.dtype}")
-
-
-def uint8_to_model_input(images_uint8: np.ndarray) -> torch.Tensor:
-    """(N, 8, 8) uint8 -> (N, 1, 8, 8) float32 in [-1, 1], the same scaling the DDPM trains on."""
-    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).to(torch.float32)
-    return (x / 127.5 - 1.0).unsqueeze(1)
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -191,7 +137,7 @@ def train_digits_classifier(
 
     config = config or DigitsClassifierConfig()
     (train_images, train_labels), _ = train_and_held_out_arrays(config)
-    x_all = uint8_to_model_input(train_images)
+    x_all = uint8_to_model_range(train_images).unsqueeze(1)
     y_all = torch.from_numpy(train_labels)
 
     generator = torch.Generator().manual_seed(config.seed)
@@ -230,7 +176,7 @@ class TrainedDigitsClassifier:
 
     @torch.no_grad()
     def _run(self, images, head: str, batch_size: int = 1024) -> np.ndarray:
-        x = uint8_to_model_input(as_uint8_images(images))
+        x = uint8_to_model_range(as_uint8_images(images)).unsqueeze(1)
         self.model.eval()
         fn = self.model.features if head == "features" else self.model
         out = torch.cat([fn(chunk) for chunk in x.split(batch_size)])
@@ -282,25 +228,17 @@ def held_out_accuracy(model: DigitsClassifier, config: DigitsClassifierConfig) -
     """Top-1 accuracy on the held-out (``test``) split the classifier never trained on."""
     _, (test_images, test_labels) = train_and_held_out_arrays(config)
     with torch.no_grad():
-        predictions = model.eval()(uint8_to_model_input(test_images)).argmax(dim=1).numpy()
+        predictions = model.eval()(uint8_to_model_range(test_images).unsqueeze(1)).argmax(dim=1).numpy()
     return float((predictions == test_labels).mean())
 
 
 def _save_atomically(model: DigitsClassifier, path: Path, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target and rename: readers never see a half-written file, and two
-    # processes training at once both end with a complete (identical) file.
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, tmp_name, metadata=metadata)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    # two processes training at once both end with a complete (identical) file
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
 
 
 def _load(path: Path, config: DigitsClassifierConfig) -> DigitsClassifier:

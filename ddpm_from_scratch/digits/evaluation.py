@@ -1,0 +1,192 @@
+"""The NLL bound and the sample quality of a saved digits pipeline, in one report (``ddpm-evaluate``).
+
+* the variational bound on -log p(x_0) of the held-out digits in bits/dim (``likelihood``: all T
+  terms, exact per-timestep loop; the test split of ``load_digits_dataset``, uint8 -> [-1, 1]);
+* the sample-quality figures (:mod:`.quality`) of generated digits beside the same figures for
+  real held-out digits, with the number of samples and sampling steps.
+
+Sample i is drawn with its own generator seeded ``seed + i`` (as ``ddpm-sample`` does), the bound's
+x_t draws with one generator seeded ``seed``: the figures do not depend on the batch size.
+A pipeline saved by stock diffusers (e.g. ``DDPMPipeline``) is evaluated by the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..image_utils import uint8_to_model_range, unit_range_to_uint8
+from ..likelihood import VariationalBound, nll_bits_per_dim
+from ..seeded_sampling import sample_with_image_seeds
+from .data import DIGITS_RESOLUTION, held_out_digits
+from .quality import SampleQualityReport, evaluate_samples, figure_rows, format_figure_table
+
+
+def load_pipeline(path: str | os.PathLike):
+    """A ``ScratchDDPMPipeline`` (folder or Hub repo id), or a stock diffusers pipeline folder (e.g. ``DDPMPipeline``).
+
+    A local folder whose ``model_index.json`` names another pipeline class goes to diffusers' own loader;
+    everything else to ``ScratchDDPMPipeline.from_pretrained``, which tells folders from Hub ids.
+    """
+    from ..pipeline import ScratchDDPMPipeline
+
+    index_file = Path(path).expanduser() / "model_index.json"
+    if index_file.is_file():
+        declared = json.loads(index_file.read_text()).get("_class_name")
+        declared = declared[-1] if isinstance(declared, list) else declared
+        if declared != ScratchDDPMPipeline.__name__:
+            from diffusers import DiffusionPipeline
+
+            return DiffusionPipeline.from_pretrained(index_file.parent)
+    return ScratchDDPMPipeline.from_pretrained(path)
+
+
+def _check_digits_model(unet: Any) -> None:
+    config = unet.config
+    size = config.sample_size if isinstance(config.sample_size, int) else tuple(config.sample_size)
+    if config.in_channels != 1 or size not in (DIGITS_RESOLUTION, (DIGITS_RESOLUTION, DIGITS_RESOLUTION)):
+        raise ValueError(
+            f"ddpm-evaluate measures models of the built-in 1x{DIGITS_RESOLUTION}x{DIGITS_RESOLUTION} digits; "
+            f"this UNet takes {config.in_channels}x{size} images"
+        )
+
+
+def _unconditional_kwargs(unet: Any, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A class-conditional UNet is evaluated as the unconditional model p(x): every label is the null class."""
+    from ..pipeline import class_conditioning
+
+    conditioning = class_conditioning(unet)
+    if conditioning is None:
+        return {}
+    return {"class_labels": torch.full((batch,), conditioning[1], dtype=torch.long, device=device)}
+
+
+def sample_digits(pipeline: Any, num_samples: int, num_inference_steps: int, batch_size: int, seed: int) -> np.ndarray:
+    """``num_samples`` generated digits as uint8 (N, H, W); sample i uses a CPU generator seeded ``seed + i``."""
+    images = sample_with_image_seeds(
+        pipeline, num_samples, num_inference_steps=num_inference_steps, batch_size=batch_size, seed=seed
+    )
+    return unit_range_to_uint8(images[..., 0])
+
+
+@dataclass
+class EvaluationReport:
+    """What ``ddpm-evaluate`` prints: the bound on held-out digits and the sample-quality report."""
+
+    path: str
+    num_train_timesteps: int
+    prediction_type: str
+    variance_type: str
+    num_inference_steps: int | None
+    seed: int
+    device: str
+    bound: VariationalBound | None
+    quality: SampleQualityReport | None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "num_train_timesteps": self.num_train_timesteps,
+            "prediction_type": self.prediction_type,
+            "variance_type": self.variance_type,
+            "num_inference_steps": self.num_inference_steps,
+            "seed": self.seed,
+            "device": self.device,
+            "nll": None if self.bound is None else self.bound.to_dict(),
+            "sample_quality": None if self.quality is None else self.quality.to_dict(),
+            "seconds": dict(self.seconds),
+        }
+
+    def format_table(self) -> str:
+        """One plain-text table: figure | model | real held-out digits."""
+        rows: list[tuple[str, str, str]] = []
+        if self.bound is not None:
+            b = self.bound
+            n = b.total_bpd.numel()
+            rows += [
+                (f"NLL bound on {n} held-out digits, bits/dim (lower better)",
+                 f"{b.bits_per_dim:.3f} +- {b.standard_error:.3f}", ""),
+                ("  prior L_T + decoder L_0, bits/dim",
+                 f"{float(b.prior_bpd.mean()):.4f} + {float(b.decoder_bpd.mean()):.3f}", ""),
+            ]
+        if self.quality is not None:
+            s, r = self.quality.samples, self.quality.reference
+            rows += [
+                ("images (generated | held-out)", f"{s.num_images}", f"{r.num_images}"),
+                ("sampling steps", f"{self.num_inference_steps}", ""),
+                *figure_rows(self.quality),
+            ]
+        title = (
+            f"{self.path}: T = {self.num_train_timesteps} training steps, prediction {self.prediction_type}, "
+            f"variance {self.variance_type}, seed {self.seed}, device {self.device}"
+        )
+        if self.quality is not None:
+            title += f"; digits classifier held-out accuracy {100 * self.quality.classifier_held_out_accuracy:.1f}%"
+        return format_figure_table(title, "model", "real held-out digits", rows)
+
+    def __str__(self) -> str:
+        return self.format_table()
+
+
+def evaluate_pipeline(
+    pipeline: Any,
+    *,
+    path: str = "",
+    num_samples: int = 360,
+    num_inference_steps: int | None = None,
+    nll_images: int | None = None,
+    batch_size: int = 360,
+    seed: int = 0,
+    classifier_cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> EvaluationReport:
+    """Bound on the first ``nll_images`` held-out digits (None: all 360; 0: skip) and the sample quality of
+    ``num_samples`` samples (0: skip) drawn with ``num_inference_steps`` (None: the scheduler's T)."""
+    unet, scheduler = pipeline.unet, pipeline.scheduler
+    _check_digits_model(unet)
+    held_out = held_out_digits()
+    nll_images = len(held_out) if nll_images is None else nll_images
+    if not 0 <= nll_images <= len(held_out):
+        raise ValueError(f"nll_images must be in [0, {len(held_out)}] (the held-out split), got {nll_images}")
+    if num_samples == 1 or num_samples < 0:
+        raise ValueError(f"num_samples must be 0 (skip) or >= 2 (a covariance needs 2 images), got {num_samples}")
+    if nll_images == 0 and num_samples == 0:
+        raise ValueError("nothing to evaluate: nll_images and num_samples are both 0")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    T = scheduler.config.num_train_timesteps
+    steps = T if num_inference_steps is None else num_inference_steps
+    device = pipeline.device
+    unet.eval()
+    pipeline.set_progress_bar_config(disable=not progress)
+
+    report = EvaluationReport(
+        path=str(path), num_train_timesteps=T, prediction_type=scheduler.config.get("prediction_type", "epsilon"),
+        variance_type=scheduler.config.get("variance_type", "fixed_small"),
+        num_inference_steps=steps if num_samples else None, seed=seed, device=str(device), bound=None, quality=None,
+    )
+    if nll_images:
+        x_start = uint8_to_model_range(held_out[:nll_images]).unsqueeze(1).to(device=device, dtype=unet.dtype)
+        started = time.perf_counter()
+        report.bound = nll_bits_per_dim(
+            unet, scheduler, x_start,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            batch_size=batch_size,
+            model_kwargs=_unconditional_kwargs(unet, nll_images, device),
+            progress=progress,
+        )
+        report.seconds["nll"] = time.perf_counter() - started
+    if num_samples:
+        started = time.perf_counter()
+        samples = sample_digits(pipeline, num_samples, steps, batch_size, seed)
+        report.seconds["sampling"] = time.perf_counter() - started
+        report.quality = evaluate_samples(samples, cache_dir=classifier_cache_dir)
+    return report
