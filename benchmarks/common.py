@@ -11,7 +11,7 @@ from torch.profiler import ProfilerActivity, profile
 
 
 def describe_device(device: torch.device) -> str:
-    """A one-line name of where a benchmark ran, for the tables in the README."""
+    """A one-line name of where a benchmark ran, for the tables in docs/performance.md."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
     cpu = platform.processor() or platform.machine()

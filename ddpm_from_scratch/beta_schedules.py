@@ -12,7 +12,26 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .tensor_utils import ArgumentTypeError, require_int, require_real
+
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+# the schedules built from beta_start and beta_end (squaredcos_cap_v2 ignores both)
+ENDPOINT_SCHEDULES = ("linear", "scaled_linear", "sigmoid")
+
+
+def check_beta_range(beta_start, beta_end) -> tuple[float, float]:
+    """THE rule for a schedule's end points: finite real numbers with 0 < beta_start <= beta_end < 1.
+
+    Returns them as floats. beta_start = beta_end is a constant schedule; beta_start > beta_end would
+    add the most noise first, which no schedule here means. Raises ValueError naming both.
+    """
+    beta_start, beta_end = require_real("beta_start", beta_start), require_real("beta_end", beta_end)
+    if not 0.0 < beta_start <= beta_end < 1.0:
+        raise ValueError(
+            f"beta_start and beta_end must satisfy 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, "
+            f"beta_end={beta_end}"
+        )
+    return beta_start, beta_end
 
 
 def linear_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
@@ -60,11 +79,17 @@ def make_betas(
     trained_betas: Sequence[float] | np.ndarray | None = None,
     rescale_betas_zero_snr: bool = False,
 ) -> torch.Tensor:
-    """The float64 betas for a diffusers-style scheduler config (``trained_betas`` wins if given)."""
+    """The float64 betas for a diffusers-style scheduler config (``trained_betas`` wins if given).
+
+    The end points follow ``check_beta_range`` for the schedules that use them; every beta_t must be
+    finite and in (0, 1).
+    """
+    if trained_betas is None:
+        num_train_timesteps = require_int("num_train_timesteps", num_train_timesteps, minimum=1)
+        if beta_schedule in ENDPOINT_SCHEDULES:
+            beta_start, beta_end = check_beta_range(beta_start, beta_end)
     if trained_betas is not None:
-        betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64))
-        if betas.ndim != 1 or len(betas) == 0:
-            raise ValueError(f"trained_betas must be a non-empty 1-d sequence, got shape {tuple(betas.shape)}")
+        betas = _trained_betas(trained_betas)
     elif beta_schedule == "linear":
         betas = linear_betas(num_train_timesteps, beta_start, beta_end)
     elif beta_schedule == "scaled_linear":
@@ -75,7 +100,7 @@ def make_betas(
         betas = sigmoid_betas(num_train_timesteps, beta_start, beta_end)
     else:
         raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES} (or pass trained_betas), got {beta_schedule!r}")
-    outside = (betas <= 0) | (betas >= 1)
+    outside = ~((betas > 0) & (betas < 1))  # NaN is outside
     if bool(outside.any()):
         source = "trained_betas" if trained_betas is not None else f"beta_start={beta_start}, beta_end={beta_end}"
         raise ValueError(
@@ -86,3 +111,13 @@ def make_betas(
     if rescale_betas_zero_snr:
         betas = rescale_zero_terminal_snr(betas)
     return betas
+
+
+def _trained_betas(trained_betas) -> torch.Tensor:
+    """``trained_betas`` as a float64 tensor, refusing strings and bools (numpy would parse "0.1")."""
+    array = np.asarray(trained_betas.detach().cpu() if isinstance(trained_betas, torch.Tensor) else trained_betas)
+    if array.dtype.kind not in "iuf":
+        raise ArgumentTypeError(f"trained_betas must be real numbers, got {array.dtype} values")
+    if array.ndim != 1 or len(array) == 0:
+        raise ValueError(f"trained_betas must be a non-empty 1-d sequence, got shape {tuple(array.shape)}")
+    return torch.as_tensor(array.astype(np.float64))

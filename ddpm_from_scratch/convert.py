@@ -1,9 +1,11 @@
-"""Convert a diffusers `UNet2DModel` in the DDPM layout into a `ScratchUNet2DModel` computing the same function.
+"""Convert a diffusers `UNet2DModel` of the DDPM family into a `ScratchUNet2DModel` computing the same function.
 
-The DDPM layout is the one of the published DDPM checkpoints (google/ddpm-cifar10-32,
-google/ddpm-celebahq-256, ...): positional time embedding with sin-then-cos and freq_shift=1, "SAME"
-down-sampling (downsample_padding=0), plain DownBlock2D/AttnDownBlock2D levels, UNetMidBlock2D with
-attention, SiLU, no scale-shift norm. Anything else is refused with a ValueError naming the config key.
+The DDPM family: levels of DownBlock2D/AttnDownBlock2D and UpBlock2D/AttnUpBlock2D with attention at
+the same resolutions on both paths, a UNetMidBlock2D (with or without attention), a positional
+timestep embedding (either sinusoid order, any freq_shift in [0, 1]), conv down/up-sampling with
+either padding, SiLU, no scale-shift norm, optional `num_class_embeds`. That covers the published
+google/ddpm-* checkpoints, `UNet2DModel()`'s defaults and what diffusers' train_unconditional.py builds.
+Anything else is refused with a ValueError naming the config key and its allowed values.
 
 Weights map one to one, except attention: diffusers' separate to_q/to_k/to_v linears become one fused
 linear (`qkv`, output rows [q | k | v]). A class-conditional
@@ -23,22 +25,26 @@ import torch
 
 from .unet import ScratchUNet2DModel
 
-# diffusers config key -> the value the DDPM layout needs (missing keys take UNet2DModel's defaults)
-_REQUIRED_DIFFUSERS_CONFIG = {
-    "time_embedding_type": "positional",
-    "flip_sin_to_cos": False,  # sin first, then cos: the paper's embedding
-    "freq_shift": 1,  # frequencies max_period^(-i / (half - 1)): the paper's embedding
-    "center_input_sample": False,
-    "act_fn": "silu",
-    "mid_block_type": "UNetMidBlock2D",
-    "add_attention": True,
-    "mid_block_scale_factor": 1,
-    "downsample_padding": 0,  # TF "SAME": pad (0, 1, 0, 1) before the stride-2 conv
-    "downsample_type": "conv",
-    "upsample_type": "conv",
-    "resnet_time_scale_shift": "default",
-    "class_embed_type": None,
+# UNet2DModel config keys that ScratchUNet2DModel has under the same name and with the same meaning
+_SHARED_CONFIG_KEYS = (
+    "sample_size", "in_channels", "out_channels", "block_out_channels", "layers_per_block",
+    "attention_head_dim", "dropout", "norm_num_groups", "norm_eps", "num_class_embeds", "time_embedding_dim",
+    "flip_sin_to_cos", "freq_shift", "downsample_padding", "center_input_sample",
+)
+# UNet2DModel config key -> the values the DDPM family allows (the first is the one written back);
+# missing keys take UNet2DModel's defaults
+_FIXED_DIFFUSERS_CONFIG: dict[str, tuple] = {
+    "time_embedding_type": ("positional",),
+    "act_fn": ("silu", "swish"),  # the same function in diffusers
+    "mid_block_type": ("UNetMidBlock2D",),
+    "mid_block_scale_factor": (1,),
+    "downsample_type": ("conv",),
+    "upsample_type": ("conv",),
+    "resnet_time_scale_shift": ("default",),
+    "class_embed_type": (None,),
 }
+_DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D")  # (without, with) attention
+_UP_BLOCK_TYPES = ("UpBlock2D", "AttnUpBlock2D")
 
 # old diffusers attention parameter names (checkpoints saved before the Attention refactor)
 _LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
@@ -68,61 +74,66 @@ def _unet2d_defaults() -> dict[str, Any]:
     return {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
 
 
-def _attention_levels(block_types: list[str], plain: str, attn: str, key: str) -> list[bool]:
+def _attention_per_level(block_types: Any, key: str, allowed: tuple[str, str]) -> list[bool]:
     levels = []
     for block_type in block_types:
-        if block_type not in (plain, attn):
-            raise ValueError(f"{key} may contain only {plain!r} and {attn!r} in the DDPM layout, got {block_type!r}")
-        levels.append(block_type == attn)
+        if block_type not in allowed:
+            raise ValueError(
+                f"config {key} contains {block_type!r}, which is outside the DDPM family; "
+                f"allowed values: {list(allowed)}"
+            )
+        levels.append(block_type == allowed[1])
     return levels
 
 
-def scratch_config_from_diffusers(config: Mapping[str, Any], sample_size: int | tuple[int, int] | None = None) -> dict[str, Any]:
-    """The `ScratchUNet2DModel` config equivalent to a diffusers `UNet2DModel` config (DDPM layout only)."""
-    full = {**_unet2d_defaults(), **{k: v for k, v in config.items() if not k.startswith("_")}}
-    for key, required in _REQUIRED_DIFFUSERS_CONFIG.items():
-        if full[key] != required:
-            raise ValueError(f"config {key}={full[key]!r} is not the DDPM layout; it must be {required!r}")
-    attn_groups = full.get("attn_norm_num_groups")
-    if attn_groups not in (None, full["norm_num_groups"]):
-        raise ValueError(f"config attn_norm_num_groups={attn_groups!r} must be None or equal norm_num_groups")
-    if full["norm_num_groups"] is None:
-        raise ValueError("config norm_num_groups=None is not supported; it must be an int")
+def scratch_config_from_diffusers(
+    config: Mapping[str, Any], sample_size: int | tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """The `ScratchUNet2DModel` config equivalent to a diffusers `UNet2DModel` config (DDPM family only).
 
-    down = _attention_levels(list(full["down_block_types"]), "DownBlock2D", "AttnDownBlock2D", "down_block_types")
-    up = _attention_levels(list(full["up_block_types"]), "UpBlock2D", "AttnUpBlock2D", "up_block_types")
+    Raises a ValueError naming the config key (and the allowed values) for anything outside the family.
+    """
+    full = {**_unet2d_defaults(), **{k: v for k, v in config.items() if not k.startswith("_")}}
+    for key, allowed in _FIXED_DIFFUSERS_CONFIG.items():
+        if full[key] not in allowed:
+            raise ValueError(f"config {key}={full[key]!r} is outside the DDPM family; allowed values: {list(allowed)}")
+    attn_groups = full["attn_norm_num_groups"]
+    if attn_groups not in (None, full["norm_num_groups"]):
+        raise ValueError(
+            f"config attn_norm_num_groups={attn_groups!r} is outside the DDPM family; allowed values: "
+            f"None or norm_num_groups ({full['norm_num_groups']!r})"
+        )
+    if not isinstance(full["add_attention"], bool):
+        raise ValueError(f"config add_attention={full['add_attention']!r}; allowed values: True, False")
+
+    down = _attention_per_level(full["down_block_types"], "down_block_types", _DOWN_BLOCK_TYPES)
+    up = _attention_per_level(full["up_block_types"], "up_block_types", _UP_BLOCK_TYPES)
     channels = tuple(full["block_out_channels"])
     if not len(down) == len(up) == len(channels):
-        raise ValueError("down_block_types, up_block_types and block_out_channels must have the same length")
+        raise ValueError("config down_block_types, up_block_types and block_out_channels must have the same length")
     if down != up[::-1]:
         raise ValueError(
-            f"attention must sit at the same resolutions on both paths: down_block_types {full['down_block_types']} "
-            f"vs up_block_types {full['up_block_types']}"
+            f"attention must sit at the same resolutions on both paths: config down_block_types "
+            f"{tuple(full['down_block_types'])} vs up_block_types {tuple(full['up_block_types'])}"
         )
 
     size = sample_size if sample_size is not None else full["sample_size"]
     if size is None:
         raise ValueError("the diffusers config has sample_size=None; pass sample_size=")
     height = size if isinstance(size, int) else size[0]
-    attention_resolutions = tuple(height // 2**i for i, has_attn in enumerate(down) if has_attn)
-    return dict(
+    scratch = {key: full[key] for key in _SHARED_CONFIG_KEYS}
+    scratch.update(
         sample_size=size if isinstance(size, int) else tuple(size),
-        in_channels=full["in_channels"],
-        out_channels=full["out_channels"],
         block_out_channels=channels,
-        layers_per_block=full["layers_per_block"],
-        attention_resolutions=attention_resolutions,
-        attention_head_dim=full["attention_head_dim"],
-        dropout=full["dropout"],
-        norm_num_groups=full["norm_num_groups"],
-        norm_eps=full["norm_eps"],
-        num_class_embeds=full["num_class_embeds"],
-        time_embedding_dim=full["time_embedding_dim"],
+        attention_resolutions=tuple(height // 2**i for i, has_attn in enumerate(down) if has_attn),
+        mid_block_add_attention=full["add_attention"],
     )
+    ScratchUNet2DModel.check_config(scratch)
+    return scratch
 
 
 def diffusers_config_from_scratch(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The diffusers `UNet2DModel` config (DDPM layout) of the same network as a `ScratchUNet2DModel` config.
+    """The diffusers `UNet2DModel` config of the same network as a `ScratchUNet2DModel` config.
 
     Used to build the diffusers equivalent of a preset (tests, benchmarks). A class-conditional model
     maps to `num_class_embeds` rows in diffusers, i.e. without the null class row.
@@ -133,20 +144,13 @@ def diffusers_config_from_scratch(config: Mapping[str, Any]) -> dict[str, Any]:
     height = size if isinstance(size, int) else size[0]
     with_attention = [height // 2**i in tuple(full["attention_resolutions"]) for i in range(len(channels))]
     return dict(
-        sample_size=size,
-        in_channels=full["in_channels"],
-        out_channels=full["out_channels"],
+        {key: full[key] for key in _SHARED_CONFIG_KEYS},
         block_out_channels=channels,
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in with_attention),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(with_attention)),
-        layers_per_block=full["layers_per_block"],
-        attention_head_dim=full["attention_head_dim"],
-        dropout=full["dropout"],
-        norm_num_groups=full["norm_num_groups"],
-        norm_eps=full["norm_eps"],
-        num_class_embeds=full["num_class_embeds"],
-        time_embedding_dim=full["time_embedding_dim"],
-        **_REQUIRED_DIFFUSERS_CONFIG,
+        down_block_types=tuple(_DOWN_BLOCK_TYPES[a] for a in with_attention),
+        up_block_types=tuple(_UP_BLOCK_TYPES[a] for a in reversed(with_attention)),
+        add_attention=full["mid_block_add_attention"],
+        attn_norm_num_groups=None,
+        **{key: allowed[0] for key, allowed in _FIXED_DIFFUSERS_CONFIG.items()},
     )
 
 
@@ -186,7 +190,7 @@ def _rename_resnet(rest: str, key: str) -> str:
 
 
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a diffusers DDPM `UNet2DModel` state dict onto `ScratchUNet2DModel` parameter names and shapes."""
+    """Map a `UNet2DModel` state dict (DDPM family) onto `ScratchUNet2DModel` parameter names and shapes."""
     converted: dict[str, torch.Tensor] = {}
     qkv_parts: dict[str, dict[str, torch.Tensor]] = {}  # "<attn prefix>.<weight|bias>" -> {"to_q": ...}
     for key, value in state_dict.items():
@@ -216,7 +220,7 @@ def convert_diffusers_unet(
     config: Mapping[str, Any] | None = None,
     sample_size: int | tuple[int, int] | None = None,
 ) -> ScratchUNet2DModel:
-    """Build a `ScratchUNet2DModel` equal (as a function) to a diffusers DDPM `UNet2DModel`.
+    """Build a `ScratchUNet2DModel` equal (as a function) to a diffusers `UNet2DModel` of the DDPM family.
 
     unet: a `UNet2DModel`, or its state dict (then `config`, the UNet2DModel config dict, is required).
     The result has the source's dtype and is in eval mode.
@@ -243,7 +247,8 @@ def convert_diffusers_unet(
     if wrong_shape:
         k = wrong_shape[0]
         raise ValueError(
-            f"state dict shapes do not match the config, e.g. {k}: {tuple(converted[k].shape)} vs {tuple(expected[k].shape)}"
+            f"state dict shapes do not match the config, e.g. {k}: {tuple(converted[k].shape)} "
+            f"vs {tuple(expected[k].shape)}"
         )
     dtype = next(iter(state_dict.values())).dtype
     model.load_state_dict(converted)

@@ -1,7 +1,7 @@
 """The derivation's formulas as code, one method per formula, and the one reverse step built from them.
 
 Equation ids refer to ``docs/derivation.md``: F1/F2/F4 forward process, P1-P3 posterior, E3/E4 the
-derivation's slips *as corrected*. Notation: alpha_t = 1 - beta_t, abar_t = prod_{i<=t} alpha_i
+derivation's slips *as corrected*, A1-A3 the optimal reverse variance (Analytic-DPM). Notation: alpha_t = 1 - beta_t, abar_t = prod_{i<=t} alpha_i
 (a product, no square root: E1).
 
 A :class:`DiffusionChain` holds every per-timestep coefficient as a float64 table indexed by the
@@ -17,17 +17,25 @@ always describe the distribution the sampler draws from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
+
+import math
 
 import torch
 
-from .tensor_utils import add_scaled, append_dims, extract
+from .tensor_utils import ArgumentTypeError, add_scaled, append_dims, extract
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 FIXED_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")  # the model outputs 2C channels: [mean part | variance part]
-VARIANCE_TYPES = FIXED_VARIANCE_TYPES + LEARNED_VARIANCE_TYPES
+# the optimal variance of Analytic-DPM (A1-A2): fixed at sampling time, but from a statistic of the model
+ANALYTIC_VARIANCE_TYPE = "analytic"
+VARIANCE_TYPES = FIXED_VARIANCE_TYPES + LEARNED_VARIANCE_TYPES + (ANALYTIC_VARIANCE_TYPE,)
+# the data range [-DATA_HALF_RANGE, DATA_HALF_RANGE] the upper bound A2 assumes (images in [-1, 1])
+DATA_HALF_RANGE = 1.0
+# the floor of a variance whose log is taken (diffusers clamps at the same value)
+MIN_VARIANCE = 1e-20
 
 Coefficient = "float | torch.Tensor"  # a Python float for a scalar timestep, else a broadcastable tensor
 
@@ -51,10 +59,18 @@ class DiffusionChain:
     posterior_log_variance_clipped: torch.Tensor  # log beta~_t, final step's 0 replaced (see below)
     posterior_mean_coef1: torch.Tensor  # x_0 coefficient of P2
     posterior_mean_coef2: torch.Tensor  # x_t coefficient of P2
+    # log sigma*^2 of A1 clipped to A2 (variance_type "analytic"); NaN when built without eps_sq_mean
+    analytic_log_variance: torch.Tensor
 
     @classmethod
-    def build(cls, alphas_cumprod: torch.Tensor, prev_timesteps: torch.Tensor) -> "DiffusionChain":
-        """Tables for the chain t -> prev_timesteps[t], from abar (float64, length T)."""
+    def build(
+        cls, alphas_cumprod: torch.Tensor, prev_timesteps: torch.Tensor, eps_sq_mean: torch.Tensor | None = None
+    ) -> "DiffusionChain":
+        """Tables for the chain t -> prev_timesteps[t], from abar (float64, length T).
+
+        ``eps_sq_mean``: Gamma_t = E ||eps_theta(x_t, t)||^2 / d at every training timestep (A3), for
+        the analytic variance; without it that table is NaN.
+        """
         alphas_cumprod = alphas_cumprod.to(torch.float64)
         prev_timesteps = prev_timesteps.to(torch.int64)
         one = torch.ones((), dtype=torch.float64)
@@ -75,7 +91,7 @@ class DiffusionChain:
         # adds no noise on the final step, so only the bound's L_0 sees it.
         log_betas = betas.log()
         fixed_large_log_variance = torch.where(is_final, posterior_log_variance_clipped, log_betas)
-        return cls(
+        chain = cls(
             prev_timesteps=prev_timesteps,
             alphas_cumprod=alphas_cumprod,
             alphas_cumprod_prev=alphas_cumprod_prev,
@@ -91,12 +107,18 @@ class DiffusionChain:
             posterior_log_variance_clipped=posterior_log_variance_clipped,
             posterior_mean_coef1=alphas_cumprod_prev.sqrt() * betas / (1 - alphas_cumprod),
             posterior_mean_coef2=alphas.sqrt() * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod),
+            analytic_log_variance=torch.full_like(alphas_cumprod, math.nan),
         )
+        if eps_sq_mean is None:
+            return chain
+        variance = analytic_variance(chain, torch.as_tensor(eps_sq_mean, dtype=torch.float64))
+        # the final step's lower bound A2 is 0 (x_0 is given): floor it so the decoder's log stays finite
+        return replace(chain, analytic_log_variance=variance.clamp(min=MIN_VARIANCE).log())
 
     @classmethod
-    def training_chain(cls, alphas_cumprod: torch.Tensor) -> "DiffusionChain":
+    def training_chain(cls, alphas_cumprod: torch.Tensor, eps_sq_mean: torch.Tensor | None = None) -> "DiffusionChain":
         """The chain the model is trained on: every t steps to t - 1."""
-        return cls.build(alphas_cumprod, torch.arange(len(alphas_cumprod)) - 1)
+        return cls.build(alphas_cumprod, torch.arange(len(alphas_cumprod)) - 1, eps_sq_mean)
 
     def to(self, device: torch.device | str) -> "DiffusionChain":
         """A copy on ``device``. MPS has no float64, so there the tables are float32."""
@@ -197,6 +219,11 @@ class DiffusionChain:
         sqrt_abar, sqrt_one_minus_abar = self.lookup("sqrt_alphas_cumprod", t, x_t), self.lookup("sqrt_one_minus_alphas_cumprod", t, x_t)
         return add_scaled(sqrt_abar * x_t, -sqrt_one_minus_abar, v)
 
+    def predict_eps_from_v(self, x_t: torch.Tensor, v: torch.Tensor, t) -> torch.Tensor:
+        """The noise from the velocity: eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v."""
+        sqrt_abar, sqrt_one_minus_abar = self.lookup("sqrt_alphas_cumprod", t, x_t), self.lookup("sqrt_one_minus_alphas_cumprod", t, x_t)
+        return add_scaled(sqrt_one_minus_abar * x_t, sqrt_abar, v)
+
     def p_mean_from_eps(self, x_t: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
         """Model mean in terms of the noise, eq. P3: mu = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t)."""
         alphas = 1 - self.betas
@@ -211,6 +238,51 @@ def _successor_timesteps(prev_timesteps: torch.Tensor) -> torch.Tensor:
     has_prev = prev_timesteps >= 0
     successors = torch.full_like(prev_timesteps, -1)
     return successors.scatter_reduce(0, prev_timesteps[has_prev], timesteps[has_prev], reduce="amax")
+
+
+# ---- the optimal reverse variance (Bao et al. 2022, Analytic-DPM) ---------------------------
+
+
+def analytic_variance_unclipped(chain: DiffusionChain, eps_sq_mean: torch.Tensor) -> torch.Tensor:
+    """The variance of p(x_s | x_t) that maximises the bound, eq. A1 (Analytic-DPM, Theorem 1):
+
+        sigma*^2_{t|s} = beta~_{t|s} + beta_{t|s}^2 / (alpha_{t|s} (1 - abar_t)) (1 - Gamma_t)
+
+    for a mean that is P2 at the model's x_0 (E4). ``eps_sq_mean``: Gamma_t = E ||eps_theta(x_t, t)||^2 / d
+    (A3), length T, indexed by the step's start t. A (T,) float64 table.
+    """
+    gamma = eps_sq_mean.to(chain.posterior_variance)
+    if gamma.shape != chain.posterior_variance.shape:
+        raise ValueError(
+            f"eps_sq_mean must have one value per training timestep ({chain.num_timesteps}), got shape {tuple(gamma.shape)}"
+        )
+    alphas = 1 - chain.betas
+    return chain.posterior_variance + chain.betas**2 / (alphas * (1 - chain.alphas_cumprod)) * (1 - gamma)
+
+
+def analytic_variance_bounds(
+    chain: DiffusionChain, data_half_range: float = DATA_HALF_RANGE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bounds of sigma*^2, eq. A2 (Analytic-DPM, Theorem 2), for data in [-r, r], r = ``data_half_range``:
+
+        beta~_{t|s} <= sigma*^2_{t|s} <= beta~_{t|s} + (posterior_mean_coef1_{t|s})^2 r^2
+
+    (lower: Gamma_t <= 1; upper: Var(x_0 | x_t) <= r^2 per dimension). (lower, upper) tables.
+    """
+    lower = chain.posterior_variance
+    return lower, lower + chain.posterior_mean_coef1**2 * data_half_range**2
+
+
+def analytic_variance(
+    chain: DiffusionChain, eps_sq_mean: torch.Tensor, data_half_range: float = DATA_HALF_RANGE
+) -> torch.Tensor:
+    """sigma*^2 of A1 clipped to the bounds of A2: the variance of variance_type "analytic", (T,) float64.
+
+    Clipping absorbs the Monte-Carlo error of an estimated Gamma_t, and a model whose
+    E ||eps_theta||^2 differs from that of the optimal one.
+    """
+    lower, upper = analytic_variance_bounds(chain, data_half_range)
+    return torch.minimum(torch.maximum(analytic_variance_unclipped(chain, eps_sq_mean), lower), upper)
 
 
 # ---- the reverse step p_theta(x_s | x_t) ----------------------------------------------------
@@ -229,6 +301,26 @@ class ReverseStep:
     pred_xstart: torch.Tensor
 
 
+def check_model_output(model_output: torch.Tensor, x_t: torch.Tensor) -> None:
+    """``model_output`` fits ``x_t`` (the scheduler's ``sample``): floating-point tensors on one device,
+    equal in every dim but the channels (dim 1, checked by ``split_model_output``). Metadata only: free."""
+    for name, tensor in (("model_output", model_output), ("sample", x_t)):
+        if not isinstance(tensor, torch.Tensor):
+            raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if not tensor.is_floating_point():
+            raise ArgumentTypeError(f"{name} must have a floating-point dtype, got {tensor.dtype}")
+    if model_output.device != x_t.device:
+        raise ValueError(
+            f"model_output and sample must be on the same device, got {model_output.device} and {x_t.device}"
+        )
+    out_shape, shape = tuple(model_output.shape), tuple(x_t.shape)
+    if len(shape) < 2 or len(out_shape) != len(shape) or out_shape[0] != shape[0] or out_shape[2:] != shape[2:]:
+        raise ValueError(
+            f"model_output of shape {out_shape} does not fit sample of shape {shape}: both must be (batch, channels, ...) "
+            "with the same batch size and spatial dims (the channels may be C or 2C)"
+        )
+
+
 def split_model_output(
     model_output: torch.Tensor, x_t: torch.Tensor, variance_type: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -238,6 +330,7 @@ def split_model_output(
     part]. Under a fixed variance type the output has C channels, or 2C whose variance half is
     ignored (as diffusers' DDPMScheduler does), and the variance part is None.
     """
+    check_model_output(model_output, x_t)
     channels, out_channels = x_t.shape[1], model_output.shape[1]
     learned = variance_type in LEARNED_VARIANCE_TYPES
     if out_channels == 2 * channels and channels > 0:
@@ -267,6 +360,17 @@ def predict_xstart(chain: DiffusionChain, model_output: torch.Tensor, x_t: torch
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
+def predict_eps(chain: DiffusionChain, model_output: torch.Tensor, x_t: torch.Tensor, t, prediction_type: str):
+    """eps from the mean part of a model output: the output itself (epsilon), the inverse of E4 (sample), or from v."""
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "sample":
+        return chain.predict_eps_from_xstart(x_t, model_output, t)
+    if prediction_type == "v_prediction":
+        return chain.predict_eps_from_v(x_t, model_output, t)
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
 def dynamic_threshold(x_start: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
     """Dynamic thresholding (Saharia et al. 2022, sec. 2.3): s = the ``ratio`` quantile of |x_0| per
     sample, clamped to [1, max_value]; x_0 is clipped to [-s, s] and divided by s."""
@@ -288,6 +392,7 @@ def model_log_variance(
     log beta_t (beta~ of the step into the final step there); learned: log of the variance part
     itself (diffusers' convention); learned_range: the variance part v in [-1, 1] interpolates,
     log sigma^2 = (v+1)/2 log beta_t + (1-v)/2 log beta~_t (Nichol & Dhariwal 2021, eq. 15).
+    analytic: log sigma*^2 (A1 clipped to A2, from the chain's Gamma_t).
     ``variance_output``: the variance part from ``split_model_output`` (learned types only).
     """
     if variance_type in ("fixed_small", "fixed_small_log"):
@@ -301,6 +406,14 @@ def model_log_variance(
         min_log = chain.lookup("posterior_log_variance_clipped", t, like)
         max_log = chain.lookup("log_betas", t, like)
         return frac * max_log + (1 - frac) * min_log
+    if variance_type == ANALYTIC_VARIANCE_TYPE:
+        log_variance = chain.lookup("analytic_log_variance", t, like)
+        if isinstance(log_variance, float) and math.isnan(log_variance):
+            raise ValueError(
+                "variance_type='analytic' needs Gamma_t (eps_sq_mean) in the chain: build it with "
+                "DiffusionChain.build(..., eps_sq_mean=...) or use ScratchDDPMScheduler(analytic_eps_sq_mean=...)"
+            )
+        return log_variance
     raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
 
 

@@ -1,6 +1,6 @@
 """The sampling speed-ups that are off by default: ``torch.compile`` of the UNet, bf16/fp16 autocast of
 the UNet, and on CUDA one CUDA graph per denoising step (``ScratchDDPMPipeline.enable_fast_sampling``;
-measured in benchmarks/bench_sampling.py, docs/sections/performance.md).
+measured in benchmarks/bench_sampling.py, docs/performance.md).
 
 Also the noise draw of the sync-free loop (`step_noise`), which a CUDA-graph step takes as an input.
 

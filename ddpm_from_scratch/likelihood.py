@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import torch
 
+from .diffusion_math import DiffusionChain
 from .scheduler import ScratchDDPMScheduler
 from .tensor_utils import draw_noise
 
@@ -121,13 +122,14 @@ def sum_over_dims(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------- the bound's terms
 
 
-def prior_kl(scheduler: ScratchDDPMScheduler, x_start: torch.Tensor) -> torch.Tensor:
+def prior_kl(scheduler: ScratchDDPMScheduler, x_start: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
     """L_T = KL(q(x_T | x_0) || N(0, I)), q(x_T | x_0) = N(sqrt(abar_T) x_0, (1 - abar_T) I) (F4).
 
     (B,) nats per image. No parameters: this is the gap left by a forward process that does not
     reach N(0, I) exactly (about 1e-5 nats/dim for the paper's linear schedule, T = 1000).
+    ``timestep``: where the sampling chain starts from N(0, I) (default: the last, T - 1).
     """
-    last = scheduler.config.num_train_timesteps - 1
+    last = scheduler.config.num_train_timesteps - 1 if timestep is None else timestep
     chain = scheduler.forward_chain.to(x_start.device)
     mean, variance = chain.q_mean_variance(x_start, last)
     return sum_over_dims(normal_kl(mean, torch.log(variance).expand_as(mean), 0.0, 0.0))
@@ -140,14 +142,19 @@ def posterior_kl_term(
     timesteps: torch.Tensor,
     model_mean: torch.Tensor,
     model_log_variance: torch.Tensor,
+    chain: DiffusionChain | None = None,
 ) -> torch.Tensor:
     """L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)), closed form, (B,) nats per image.
 
     q(x_{t-1} | x_t, x_0) = N(mu~ (P2), beta~_t (E3 corrected)) from the scheduler; p_theta =
     N(model_mean, exp(model_log_variance)). For timesteps >= 1 (at t = 0 the posterior is a point
-    mass and the term is the decoder's, ``decoder_nll``).
+    mass and the term is the decoder's, ``decoder_nll``). ``chain``: a strided chain t -> s (the
+    posterior of the merged step; default: the training chain t -> t - 1), on ``x_t``'s device.
     """
-    true_mean, _, true_log_variance = scheduler.q_posterior_mean_variance(x_start, x_t, timesteps)
+    if chain is None:
+        true_mean, _, true_log_variance = scheduler.q_posterior_mean_variance(x_start, x_t, timesteps)
+    else:
+        true_mean, _, true_log_variance = chain.q_posterior_mean_variance(x_start, x_t, timesteps)
     return sum_over_dims(normal_kl(true_mean, true_log_variance.expand_as(true_mean), model_mean, model_log_variance))
 
 
@@ -187,13 +194,16 @@ class VariationalBound:
 
     ``vb_bpd[:, i]`` is the term at timestep index i, the paper's L_i: column 0 is the decoder L_0,
     column i >= 1 the KL L_i. ``total_bpd = prior_bpd + vb_bpd.sum(1)`` bounds -log2 p(x_0) / dims.
+    For a strided chain (``timesteps``) the columns off the chain are 0, the decoder is the column of
+    the chain's last timestep and the prior is taken at its first.
     """
 
     total_bpd: torch.Tensor  # (N,)
     prior_bpd: torch.Tensor  # (N,) L_T
-    decoder_bpd: torch.Tensor  # (N,) L_0 (= vb_bpd[:, 0])
+    decoder_bpd: torch.Tensor  # (N,) L_0 (= vb_bpd[:, 0] on the training chain)
     vb_bpd: torch.Tensor  # (N, T)
     num_dims: int  # dimensions per image (C * H * W)
+    timesteps: list[int] | None = None  # the chain's timesteps, descending; None: all T (the training chain)
 
     @property
     def bits_per_dim(self) -> float:
@@ -223,6 +233,7 @@ class VariationalBound:
             "decoder_bpd": float(self.decoder_bpd.mean()),
             "num_images": int(self.total_bpd.numel()),
             "num_dims": self.num_dims,
+            "timesteps": self.timesteps,
             "terms_per_timestep_bpd": self.terms_per_timestep().tolist(),
         }
 
@@ -274,12 +285,20 @@ def nll_bits_per_dim(
     clip_denoised: bool | None = None,
     model_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
+    num_inference_steps: int | None = None,
+    timesteps: list[int] | None = None,
 ) -> VariationalBound:
     """The variational bound on -log p_theta(x_0) of each image, in bits/dim, with every term.
 
     Exact over t: for each timestep index t = T-1 .. 0 one draw x_t ~ q(x_t | x_0) (F2) per image,
     one model call, and the term L_t there (``vlb_term``); plus the prior L_T. Each image's total is
     an unbiased estimate of its bound (Ho et al.'s ``calc_bpd_loop``).
+
+    The bound of a sampler with fewer steps: ``num_inference_steps`` (spaced as the scheduler's
+    ``timestep_spacing`` says) or custom descending ``timesteps``, as ``set_timesteps`` takes them.
+    Then the chain is t -> s = the next timestep: the prior at the first timestep, the KL of the
+    merged step's posterior at each later one, the decoder at the last; the same reverse step the
+    sampler takes with that chain.
 
     Args:
         model: called as ``model(x_t, timesteps, **model_kwargs)``; a diffusers UNet (``.sample``) or
@@ -292,6 +311,7 @@ def nll_bits_per_dim(
         clip_denoised: override the scheduler's clip_sample for x_0 (None: as the sampler does).
         model_kwargs: extra model arguments, e.g. ``class_labels`` for all N images.
         progress: show a tqdm progress bar over the T x batches model calls.
+        num_inference_steps, timesteps: a strided chain (at most one of them; default: all T steps).
     """
     from tqdm.auto import tqdm
 
@@ -306,27 +326,31 @@ def nll_bits_per_dim(
     num_dims = x_start[0].numel()
     device, model_dtype = x_start.device, x_start.dtype
     dtype = _compute_dtype(device)
+    chain, chain_timesteps = _bound_chain(scheduler, num_inference_steps, timesteps)
+    device_chain = chain.to(device)
 
     prior, vb = [], []
-    bar = tqdm(total=num_timesteps * math.ceil(n / batch_size), desc="NLL bound", disable=not progress)
+    bar = tqdm(total=len(chain_timesteps) * math.ceil(n / batch_size), desc="NLL bound", disable=not progress)
     for start in range(0, n, batch_size):
         x0 = x_start[start : start + batch_size].to(dtype)
         kwargs = _batch_slice(model_kwargs, start, batch_size, n)
-        terms = torch.empty(x0.shape[0], num_timesteps, dtype=dtype, device=device)
-        for t in reversed(range(num_timesteps)):
-            timesteps = torch.full((x0.shape[0],), t, dtype=torch.long, device=device)
+        terms = torch.zeros(x0.shape[0], num_timesteps, dtype=dtype, device=device)
+        for t in chain_timesteps:
+            batch_timesteps = torch.full((x0.shape[0],), t, dtype=torch.long, device=device)
             noise = draw_noise(tuple(x0.shape), generator, device, dtype)
-            x_t = scheduler.add_noise(x0, noise, timesteps)  # F2
-            model_output = call_model(model, x_t.to(model_dtype), timesteps, kwargs).to(dtype)
+            x_t = scheduler.add_noise(x0, noise, batch_timesteps)  # F2
+            model_output = call_model(model, x_t.to(model_dtype), batch_timesteps, kwargs).to(dtype)
             step = scheduler.reverse_step(
-        model_output, x_t, timesteps, chain=scheduler.forward_chain, clip_denoised=clip_denoised
-    )
-            if t == 0:
+                model_output, x_t, batch_timesteps, chain=device_chain, clip_denoised=clip_denoised
+            )
+            if t == chain_timesteps[-1]:  # the chain's last step: the decoder
                 terms[:, t] = decoder_nll(x0, step.mean, step.log_variance)
             else:
-                terms[:, t] = posterior_kl_term(scheduler, x0, x_t, timesteps, step.mean, step.log_variance)
+                terms[:, t] = posterior_kl_term(
+                    scheduler, x0, x_t, batch_timesteps, step.mean, step.log_variance, chain=device_chain
+                )
             bar.update(1)
-        prior.append(prior_kl(scheduler, x0))
+        prior.append(prior_kl(scheduler, x0, chain_timesteps[0]))
         vb.append(terms)
     bar.close()
 
@@ -335,10 +359,23 @@ def nll_bits_per_dim(
     return VariationalBound(
         total_bpd=prior_bpd + vb_bpd.sum(dim=1),
         prior_bpd=prior_bpd,
-        decoder_bpd=vb_bpd[:, 0],
+        decoder_bpd=vb_bpd[:, chain_timesteps[-1]],
         vb_bpd=vb_bpd,
         num_dims=num_dims,
+        timesteps=None if num_inference_steps is None and timesteps is None else chain_timesteps,
     )
+
+
+def _bound_chain(
+    scheduler: ScratchDDPMScheduler, num_inference_steps: int | None, timesteps: list[int] | None
+) -> tuple[DiffusionChain, list[int]]:
+    """(chain, its timesteps in descending order): the training chain, or the sampling chain that
+    ``set_timesteps`` builds, on a copy (the caller's scheduler keeps its own timesteps)."""
+    if num_inference_steps is None and timesteps is None:
+        return scheduler.forward_chain, list(range(scheduler.config.num_train_timesteps - 1, -1, -1))
+    chain_scheduler = ScratchDDPMScheduler.from_config(scheduler.config)
+    chain_scheduler.set_timesteps(num_inference_steps, timesteps=timesteps)
+    return chain_scheduler.sampling_chain, chain_scheduler.timesteps.tolist()
 
 
 def _batch_slice(model_kwargs: dict[str, Any], start: int, batch_size: int, n: int) -> dict[str, Any]:

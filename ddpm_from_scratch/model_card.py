@@ -1,5 +1,18 @@
 """The model card (README.md) of a saved pipeline: what it is, how to load it, how it was trained.
 
+Built with huggingface_hub's ``ModelCard`` / ``ModelCardData``; the metrics go into the card's
+``model-index`` as ``EvalResult`` entries, which the Hub shows as the model's evaluation results.
+
+What a save or push may rewrite, so that a card a user edited survives re-saving and re-pushing:
+
+* the body between `GENERATED_START` and `GENERATED_END` (title, description, usage, model,
+  training configuration, metrics). Everything before and after the markers is the user's and is
+  kept word for word. An existing card without the markers (written by hand, or by ddpm-from-scratch
+  0.1.0) is kept whole, with the generated section appended after it.
+* in the YAML metadata, the keys the generator sets (library_name, license, pipeline_tag, datasets,
+  model-index; each only when it has a value); tags are the union of the card's and the generated
+  ones; every other key (language, base_model, a user's own) is kept.
+
 Written by `pipeline_folder.save_pipeline_folder`; not shipped with saved pipelines.
 """
 
@@ -7,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +32,12 @@ from .atomic_io import atomic_write, write_bytes_atomic
 
 MODEL_CARD_NAME = "README.md"
 SAMPLE_GRID_NAME = "sample_grid.png"
+GENERATED_START = (
+    "<!-- ddpm-from-scratch: generated section. Every save_pretrained / push_to_hub with a model card rewrites "
+    "the text up to the end marker; write your own text above or below it. -->"
+)
+GENERATED_END = "<!-- ddpm-from-scratch: end of generated section -->"
+METRICS_TASK = "unconditional-image-generation"
 _SECRET_KEY = re.compile(r"token|secret|passw(or)?d|api[_-]?key|credential", flags=re.IGNORECASE)
 
 
@@ -27,9 +47,13 @@ class ModelCardInfo:
 
     dataset: Hub id or name of the training data (YAML ``datasets``), None if unknown.
     training_config: hyper-parameters, shown as JSON; keys that look like secrets are redacted.
-    metrics: name -> value (e.g. {"fid": 12.3, "bits_per_dim": 3.75}), shown as a table.
+    metrics: name -> value (e.g. {"fid": 12.3, "bits_per_dim": 3.75}), shown as a table; the numeric
+        ones also become the card's model-index evaluation results.
+    metrics_dataset / metrics_split: the data the metrics were measured on, for the model-index
+        (default: ``dataset``; the split is left out when None).
     sample_grid: a PIL image of samples, saved as sample_grid.png and shown in the card.
-    license / tags: YAML metadata (tags are added to the defaults).
+    license: YAML license; None keeps an existing card's license, and is DEFAULT_LICENSE on a new card.
+    tags: YAML tags, added to the defaults (and to an existing card's).
     title / description: the card's heading and first paragraph (defaults describe a DDPM).
     """
 
@@ -37,12 +61,15 @@ class ModelCardInfo:
     training_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     sample_grid: Image.Image | None = None
-    license: str = "apache-2.0"
+    license: str | None = None
     tags: list[str] = dataclasses.field(default_factory=list)
     title: str | None = None
     description: str | None = None
+    metrics_dataset: str | None = None
+    metrics_split: str | None = None
 
 
+DEFAULT_LICENSE = "apache-2.0"
 DEFAULT_TAGS = ("diffusers", "ddpm", "ddpm-from-scratch", "unconditional-image-generation")
 
 
@@ -63,6 +90,65 @@ def _format_metric(value: Any) -> str:
     return str(value)
 
 
+def eval_results(info: ModelCardInfo) -> list[Any] | None:
+    """The numeric metrics as huggingface_hub ``EvalResult`` entries (None when there are none)."""
+    from huggingface_hub import EvalResult
+
+    dataset = info.metrics_dataset or info.dataset or "unknown"
+    results = [
+        EvalResult(
+            task_type=METRICS_TASK,
+            dataset_type=dataset,
+            dataset_name=dataset,
+            dataset_split=info.metrics_split,
+            metric_type=name,
+            metric_name=name,
+            metric_value=float(value),
+        )
+        for name, value in info.metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ]
+    return results or None
+
+
+def card_metadata(info: ModelCardInfo, repo_id: str) -> Any:
+    """The generated YAML metadata as a huggingface_hub ``ModelCardData``."""
+    from huggingface_hub import ModelCardData
+
+    results = eval_results(info)
+    return ModelCardData(
+        library_name="diffusers",
+        license=info.license,
+        tags=list(dict.fromkeys([*DEFAULT_TAGS, *info.tags])),
+        pipeline_tag=METRICS_TASK,
+        datasets=[info.dataset] if info.dataset else None,
+        model_name=repo_id if results else None,
+        eval_results=results,
+    )
+
+
+def merge_metadata(existing: Any, generated: Any) -> Any:
+    """``existing`` card data updated with the ``generated`` keys that have a value; tags are merged."""
+    from huggingface_hub import ModelCardData
+
+    merged = {**existing.to_dict(), **generated.to_dict()}
+    tags = [*(existing.tags or []), *(generated.tags or [])]
+    merged["tags"] = list(dict.fromkeys(tags)) or None
+    return ModelCardData(**merged)
+
+
+def replace_generated_section(text: str, section: str) -> str:
+    """``text`` with its generated section (between the markers) replaced by ``section``; without the
+    markers, ``section`` is appended after ``text``."""
+    start = text.find(GENERATED_START)
+    end = text.find(GENERATED_END, start + 1) if start >= 0 else -1
+    if start >= 0 and end >= 0:
+        return text[:start] + section + text[end + len(GENERATED_END):]
+    if not text.strip():
+        return "\n" + section + "\n"
+    return text.rstrip("\n") + "\n\n" + section + "\n"
+
+
 def render_model_card(
     info: ModelCardInfo,
     *,
@@ -70,18 +156,31 @@ def render_model_card(
     components: dict[str, Any],
     code_files: list[str],
     num_classes: int | None,
+    existing_card: str | None = None,
 ) -> str:
-    """The README.md text: YAML metadata, then usage, model, training configuration and metrics."""
-    from huggingface_hub import ModelCardData
+    """The README.md text: YAML metadata, then the generated section (usage, model, training configuration,
+    metrics); with ``existing_card`` (the current README.md), its own text and metadata are kept (module doc)."""
+    from huggingface_hub import ModelCard
 
-    tags = list(dict.fromkeys([*DEFAULT_TAGS, *info.tags]))
-    card_data = ModelCardData(
-        library_name="diffusers",
-        license=info.license,
-        tags=tags,
-        pipeline_tag="unconditional-image-generation",
-        datasets=[info.dataset] if info.dataset else None,
+    section = "\n".join(
+        [GENERATED_START, _generated_body(info, repo_id, components, code_files, num_classes).strip("\n"),
+         GENERATED_END]
     )
+    metadata = card_metadata(info, repo_id)
+    text = "\n" + section + "\n"
+    if existing_card is not None:
+        existing = ModelCard(existing_card, ignore_metadata_errors=True)
+        metadata = merge_metadata(existing.data, metadata)
+        text = replace_generated_section(existing.text, section)
+    if metadata.license is None:
+        metadata.license = DEFAULT_LICENSE
+    return str(ModelCard(f"---\n{metadata.to_yaml().strip()}\n---\n{text}"))
+
+
+def _generated_body(
+    info: ModelCardInfo, repo_id: str, components: dict[str, Any], code_files: list[str], num_classes: int | None
+) -> str:
+    """The Markdown of the generated section (without the markers)."""
     title = info.title or f"DDPM: {repo_id}"
     description = info.description or (
         "A denoising diffusion probabilistic model (Ho et al. 2020) trained with `ddpm-from-scratch`, "
@@ -96,10 +195,6 @@ def render_model_card(
     if num_classes is not None:
         call += ", class_labels=[0] * 16, guidance_scale=2.0"
     lines = [
-        "---",
-        card_data.to_yaml().strip(),
-        "---",
-        "",
         f"# {title}",
         "",
         description,
@@ -173,10 +268,13 @@ def write_model_card(
     components: dict[str, Any],
     code_files: list[str],
     num_classes: int | None,
+    existing_card: str | None = None,
 ) -> None:
-    """Write README.md (`render_model_card`) into ``folder``, and sample_grid.png when the card has one."""
+    """Write README.md (`render_model_card`, keeping ``existing_card``'s own text) into ``folder``, and
+    sample_grid.png when the card has one."""
     card = render_model_card(
-        info, repo_id=repo_id, components=components, code_files=code_files, num_classes=num_classes
+        info, repo_id=repo_id, components=components, code_files=code_files, num_classes=num_classes,
+        existing_card=existing_card,
     )
     write_bytes_atomic(card.encode("utf-8"), folder / MODEL_CARD_NAME)
     if info.sample_grid is not None:

@@ -8,7 +8,7 @@ classifier-free guidance, works with any diffusers scheduler (it passes a schedu
 arguments its ``step`` accepts), and saves itself with its code so that
 ``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`` works without this package.
 
-Speed (docs/sections/performance.md, benchmarks/bench_sampling.py). With a scheduler that declares
+Speed (docs/performance.md, benchmarks/bench_sampling.py). With a scheduler that declares
 ``sync_free_device_timesteps`` (ScratchDDPMScheduler), the timesteps live on the sample's device and
 the loop draws each step's noise itself (same generator stream, passed as ``variance_noise``), so
 no step reads anything back to the host: on a GPU the host queues steps ahead of the device instead
@@ -36,6 +36,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -46,6 +47,7 @@ from .conditioning import class_conditioning, class_label_tensors, guided_model_
 from .fast_sampling import CompiledUNet, CudaGraphStep, FastSamplingOptions, step_noise
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+StepEndCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
 # the installed package, whose saving and publishing modules a saved pipeline does not ship
 PACKAGE = "ddpm_from_scratch"
 
@@ -71,6 +73,23 @@ def _unshipped_module(name: str) -> ModuleType:
         ) from error
 
 
+def _warn_about_non_finite_images(sample: torch.Tensor) -> None:
+    """Warn, naming how many and which, if images of the final x_0 hold NaN or inf (one host read, at the end).
+
+    Clamping to [0, 1] would turn inf into a white or black image and leave NaN to become black
+    pixels, so a diverged model would otherwise pass for a poor one.
+    """
+    if sample.device.type == "meta":  # shapes only, no values to check
+        return
+    bad = (~torch.isfinite(sample)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(str(index) for index in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        logger.warning(
+            f"{len(bad)} of {sample.shape[0]} sampled images contain NaN or inf values (images {shown}); "
+            "they are not valid samples (a diverged model, or a step count or scheduler the model does not support)"
+        )
+
+
 class ScratchDDPMPipeline(DiffusionPipeline):
     """Sample images from a DDPM: a UNet that predicts the noise and a scheduler that steps x_t -> x_{t-1}.
 
@@ -79,6 +98,8 @@ class ScratchDDPMPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    # what callback_on_step_end may read and replace (diffusers' pipeline convention)
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin):
         super().__init__()
@@ -144,6 +165,8 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         num_inference_steps: Any,
         guidance_scale: Any,
         output_type: Any,
+        callback_on_step_end: Any = None,
+        callback_on_step_end_tensor_inputs: Any = ("latents",),
     ) -> None:
         if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -163,6 +186,18 @@ class ScratchDDPMPipeline(DiffusionPipeline):
             raise ValueError(f"guidance_scale must be None or a finite number >= 0, got {guidance_scale!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError(
+                "callback_on_step_end must be None or a callable callback(pipeline, step_index, timestep, "
+                f"callback_kwargs) -> dict, got {callback_on_step_end!r}"
+            )
+        if isinstance(callback_on_step_end_tensor_inputs, str) or not all(
+            name in self._callback_tensor_inputs for name in callback_on_step_end_tensor_inputs
+        ):
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs must be a list of names in {self._callback_tensor_inputs}, "
+                f"got {callback_on_step_end_tensor_inputs!r}"
+            )
 
     def _step_kwargs(self, generator: Any, eta: float | None) -> dict[str, Any]:
         """The optional arguments of ``scheduler.step`` that this scheduler accepts."""
@@ -222,6 +257,8 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         eta: float | None = None,
+        callback_on_step_end: StepEndCallback | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> ImagePipelineOutput | tuple:
         """Generate ``batch_size`` images.
 
@@ -239,10 +276,23 @@ class ScratchDDPMPipeline(DiffusionPipeline):
                 float32 in [0, 1]) or "pt" ((B, C, H, W) tensor in [0, 1]).
             return_dict: return an ImagePipelineOutput (else a 1-tuple).
             eta: DDIM's eta, passed to schedulers whose ``step`` takes it.
+            callback_on_step_end: called after every denoising step as diffusers' pipelines call it,
+                ``callback(pipeline, step_index, timestep, callback_kwargs) -> dict``; ``callback_kwargs``
+                holds the tensors named in ``callback_on_step_end_tensor_inputs`` (x_{t-1} as
+                "latents"), and a "latents" entry in the returned dict replaces x_{t-1} (same shape).
+                A diffusers ``PipelineCallback`` / ``MultiPipelineCallbacks`` brings its own
+                ``tensor_inputs``. Works with every speed-up of ``enable_fast_sampling``.
+            callback_on_step_end_tensor_inputs: names out of ``_callback_tensor_inputs`` (["latents"]).
 
         The progress bar is diffusers' own: ``pipe.set_progress_bar_config(disable=True)`` turns it off.
+        Images with NaN or inf values (a diverged model) are reported in a warning naming how many.
         """
-        self._check_arguments(batch_size, generator, num_inference_steps, guidance_scale, output_type)
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        self._check_arguments(
+            batch_size, generator, num_inference_steps, guidance_scale, output_type,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
+        )
         if self.fast_sampling.cuda_graph:  # the scheduler may have been replaced since enable_fast_sampling
             self._check_sync_free_scheduler("enable_fast_sampling(cuda_graph=True)")
         device = self._execution_device
@@ -262,12 +312,19 @@ class ScratchDDPMPipeline(DiffusionPipeline):
 
         step = functools.partial(self._denoising_step, labels=labels, null_labels=null_labels,
                                  guidance_scale=guidance_scale, step_kwargs=step_kwargs)
+        step_end = None
+        if callback_on_step_end is not None:
+            step_end = functools.partial(self._call_step_end_callback, callback_on_step_end,
+                                         list(callback_on_step_end_tensor_inputs))
         if self._has_sync_free_scheduler():
-            sample = self._sync_free_loop(step, sample, generator)
+            sample = self._sync_free_loop(step, sample, generator, step_end)
         else:
-            for t in self.progress_bar(self.scheduler.timesteps):
+            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 sample = step(sample, t)
+                if step_end is not None:
+                    sample = step_end(i, t, sample)
 
+        _warn_about_non_finite_images(sample)
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             image = image.cpu().permute(0, 2, 3, 1).float().numpy()
@@ -295,11 +352,34 @@ class ScratchDDPMPipeline(DiffusionPipeline):
             step_kwargs = {**step_kwargs, "variance_noise": noise}
         return self.scheduler.step(model_output, t, sample, **step_kwargs).prev_sample
 
+    def _call_step_end_callback(
+        self, callback: Callable, tensor_inputs: list[str], i: int, t: torch.Tensor, latents: torch.Tensor
+    ) -> torch.Tensor:
+        """Run ``callback_on_step_end`` after step ``i``; its "latents" (if returned) replace x_{t-1}."""
+        outputs = callback(self, i, t, {name: latents for name in tensor_inputs})
+        if not isinstance(outputs, dict):
+            raise ValueError(
+                f"callback_on_step_end must return a dict (e.g. the callback_kwargs it got), got {type(outputs).__name__}"
+            )
+        replaced = outputs.get("latents", latents)
+        if not isinstance(replaced, torch.Tensor) or replaced.shape != latents.shape:
+            raise ValueError(
+                f"callback_on_step_end returned 'latents' of shape {getattr(replaced, 'shape', type(replaced))}; "
+                f"it must be a tensor of the sample's shape {tuple(latents.shape)}"
+            )
+        return replaced.to(device=latents.device, dtype=latents.dtype)
+
     def _host_timesteps(self) -> list[int]:
         """The scheduler's timesteps read back once, before the loop (the loop itself reads nothing)."""
         return self.scheduler.timesteps.cpu().tolist()
 
-    def _sync_free_loop(self, step: Callable[..., torch.Tensor], sample: torch.Tensor, generator: Any) -> torch.Tensor:
+    def _sync_free_loop(
+        self,
+        step: Callable[..., torch.Tensor],
+        sample: torch.Tensor,
+        generator: Any,
+        step_end: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """The sampling loop for a sync-free scheduler: timesteps on the device, noise drawn here.
 
         Nothing in the loop reads the device: the only host-side decision, whether a step draws noise,
@@ -307,6 +387,10 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         (t > 0), from the same generator stream, so images and the generator's final state are those
         of the plain loop (and of diffusers' DDPMPipeline). Steps with t = 0 get zeros (no noise is
         added there: on a device the scheduler masks it, on the CPU it skips it).
+
+        ``step_end(i, t, sample)`` (callback_on_step_end) runs between steps, outside any CUDA graph;
+        with a graph it gets a copy of the graph's output buffer, which the next replay overwrites,
+        so a callback that keeps the tensor keeps that step's values, as in the eager loop.
         """
         timesteps = self.scheduler.timesteps
         host_timesteps = self._host_timesteps()
@@ -323,10 +407,14 @@ class ScratchDDPMPipeline(DiffusionPipeline):
                 if graph is None:  # recorded per call: the scheduler's tables for this call are in it
                     graph = CudaGraphStep(step, sample, t, noise)
                 sample = graph(sample, t, noise)
+                if step_end is not None:
+                    sample = step_end(i, t, sample.clone())
             else:
                 sample = step(sample, t, noise)
+                if step_end is not None:
+                    sample = step_end(i, t, sample)
         # a copy: the graph's output buffer belongs to the graph's private memory pool
-        return sample.clone() if graph is not None else sample
+        return sample.clone() if graph is not None and step_end is None else sample
 
     # ---- saving, loading, publishing (pipeline_folder.py, hub_upload.py) ---------------------------
 
@@ -350,8 +438,11 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         The folder loads with ``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)``
         (no need for this package) and with ``ScratchDDPMPipeline.from_pretrained(path)``. Weights are
         safetensors only. README.md is written from ``model_card`` (a ``model_card.ModelCardInfo``;
-        a default card if None and the folder has no README yet). ``push_to_hub=True`` then uploads
-        it (``push_kwargs``: repo_id, private, token, commit_message, create_pr, endpoint).
+        a default card if None and the folder has no README yet); text a user wrote in an existing
+        README.md outside its generated section is kept (model_card.py). Each weights file gets a
+        ``<file>.sha256`` beside it, which the package's loader checks. ``push_to_hub=True`` then
+        uploads it (``push_kwargs``: repo_id, private, token, commit_message, create_pr, endpoint;
+        ``variant`` and ``max_shard_size`` carry over).
         """
         if not safe_serialization:
             raise ValueError("safe_serialization must be True: this pipeline saves weights as safetensors only")
@@ -366,17 +457,23 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         )
         if push_to_hub:
             repo_id = push_kwargs.pop("repo_id", Path(save_directory).resolve().name)
-            self.push_to_hub(repo_id, model_card=model_card, **push_kwargs)
+            self.push_to_hub(
+                repo_id, model_card=model_card, variant=variant, max_shard_size=max_shard_size, **push_kwargs
+            )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> ScratchDDPMPipeline:
         """Load a saved pipeline (a folder or a Hub repo id "namespace/name") with this package's classes.
 
         No code from the folder runs (so ``trust_remote_code`` is not needed and is ignored), and
-        weights are read from safetensors only. Components passed as keyword arguments
-        (e.g. ``scheduler=DDIMScheduler(...)``) replace the saved ones. Other keyword arguments:
-        torch_dtype, variant, and for Hub repos revision, token, cache_dir, local_files_only,
-        force_download, endpoint. A missing local folder is a FileNotFoundError naming it.
+        weights are read from safetensors only, each checked against the ``.sha256`` the save wrote
+        beside it (a folder without them loads with a warning). Components passed as keyword
+        arguments (e.g. ``scheduler=DDIMScheduler(...)``) replace the saved ones. For Hub repos:
+        revision, token, cache_dir, local_files_only, force_download, proxies, endpoint. Model loading
+        keywords of diffusers' ``ModelMixin.from_pretrained`` (torch_dtype, variant, device_map,
+        low_cpu_mem_usage, max_memory, ...) go to each model's ``from_pretrained``; keywords that
+        cannot apply here (use_safetensors=False, use_onnx=True, custom_pipeline, ...) are a ValueError
+        saying why. A missing local folder is a FileNotFoundError naming it.
         """
         return _unshipped_module("pipeline_folder").load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
 
@@ -390,15 +487,19 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         *,
         create_pr: bool = False,
         endpoint: str | None = None,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
     ) -> Any:
         """Create the Hub repo ``repo_id`` (if needed) and upload the saved pipeline in one commit.
 
-        What is uploaded is a fresh save (code, configs, safetensors weights, README.md model card from
-        ``model_card``, a ``model_card.ModelCardInfo``, and sample_grid.png if the card has one) made
-        in a temporary folder, never a training output folder with its checkpoints. ``token`` is sent
-        to the Hub only; it is never written to a file or log, and the upload is refused if any file
-        contains it. ``endpoint`` points the client at another Hub (default: HF_ENDPOINT or
-        huggingface.co). Returns huggingface_hub's CommitInfo.
+        What is uploaded is a fresh save (code, configs, safetensors weights with their .sha256,
+        README.md model card from ``model_card``, a ``model_card.ModelCardInfo``, and sample_grid.png
+        if the card has one) made in a temporary folder, never a training output folder with its
+        checkpoints (hub_upload.py: the files, the card kept across pushes, stale weights removed).
+        ``variant`` (e.g. "fp16") uploads weights named diffusion_pytorch_model.<variant>.safetensors
+        next to the repo's other weights. ``token`` is sent to the Hub only; it is never written to a
+        file or log, and the upload is refused if any file contains it. ``endpoint`` points the client
+        at another Hub (default: HF_ENDPOINT or huggingface.co). Returns huggingface_hub's CommitInfo.
         """
         return _unshipped_module("hub_upload").push_pipeline(
             self,
@@ -410,4 +511,6 @@ class ScratchDDPMPipeline(DiffusionPipeline):
             num_classes=self._num_classes(),
             create_pr=create_pr,
             endpoint=endpoint,
+            variant=variant,
+            max_shard_size=max_shard_size,
         )

@@ -9,7 +9,7 @@ the one reverse step ``p_mean_variance``); this module adds the scheduler contra
 * ``sampling_chain``: the same tables for the chain chosen by ``set_timesteps`` (t -> previous
   timestep), which is what ``step`` walks. Both are built once and gathered by timestep.
 
-Where diffusers' DDPMScheduler is wrong this one is right (see the README's "Differences" table):
+Where diffusers' DDPMScheduler is wrong this one is right (see the README's "Where we differ from diffusers"):
 ``fixed_large_log`` gives NaN there (diffusers issue 14569) and a proper std here, and the last step of
 a chain that does not end at t = 0 (``steps_offset > 0``, custom timesteps) adds no noise here, since
 its posterior q(x_0 | x_t, x_0) is a point mass.
@@ -28,14 +28,26 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 
 from .beta_schedules import BETA_SCHEDULES, make_betas
 from .diffusion_math import (
+    ANALYTIC_VARIANCE_TYPE,
+    MIN_VARIANCE,
     PREDICTION_TYPES,
     VARIANCE_TYPES,
     DiffusionChain,
     ReverseStep,
+    model_log_variance,
     p_mean_variance,
     predict_xstart,
 )
-from .tensor_utils import add_scaled, draw_noise
+from .tensor_utils import (
+    ArgumentTypeError,
+    add_scaled,
+    as_timesteps,
+    draw_noise,
+    require_bool,
+    require_finite,
+    require_int,
+    require_real,
+)
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
@@ -77,15 +89,22 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
     reverse-process variance: ``fixed_small`` (posterior variance beta~_t, E3), ``fixed_large``
     (beta_t), their ``_log`` aliases (same distribution), ``learned`` (the model outputs the variance
     itself, diffusers' convention) and ``learned_range`` (the model outputs v in [-1, 1] and
-    log sigma^2 = (v+1)/2 log beta_t + (1-v)/2 log beta~_t, Nichol & Dhariwal 2021 eq. 15).
+    log sigma^2 = (v+1)/2 log beta_t + (1-v)/2 log beta~_t, Nichol & Dhariwal 2021 eq. 15), and
+    ``analytic``: the bound-optimal variance of Analytic-DPM (A1 clipped to A2), from the per-timestep
+    statistic ``analytic_eps_sq_mean`` (Gamma_t, A3; ``ddpm-estimate-variance`` writes it), the one
+    config key diffusers' DDPMScheduler lacks.
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
     order = 1
-    # Read by ScratchDDPMPipeline's sampling loop (a performance contract, see performance.md): with
+    # Read by ScratchDDPMPipeline's sampling loop (a performance contract, see docs/performance.md): with
     # ``set_timesteps(device=...)`` ``step`` reads nothing back to the host (no device sync per step,
     # capturable in a CUDA graph), and it takes ``variance_noise`` instead of drawing from ``generator``.
     sync_free_device_timesteps = True
+    # Opt-in: ``step`` refuses NaN/inf in model_output and sample. Off by default because it reads the
+    # values back (a device sync per step). An attribute, not a config key: configs are shared with
+    # other schedulers through from_config.
+    check_finite = False
 
     @register_to_config
     def __init__(
@@ -105,27 +124,21 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         timestep_spacing: str = "leading",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
+        analytic_eps_sq_mean: Sequence[float] | None = None,
     ):
-        if trained_betas is None and (not isinstance(num_train_timesteps, int) or num_train_timesteps < 1):
-            raise ValueError(f"num_train_timesteps must be a positive int, got {num_train_timesteps!r}")
-        if trained_betas is None:
-            _require_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
-        _require_choice("variance_type", variance_type, VARIANCE_TYPES)
-        _require_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-        _require_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        if not 0.0 < dynamic_thresholding_ratio <= 1.0:
-            raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {dynamic_thresholding_ratio}")
-
+        self._check_config(locals())
         betas = make_betas(
             beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, rescale_betas_zero_snr
         )
         if trained_betas is not None and len(betas) != num_train_timesteps:
             # diffusers' convention: trained_betas define T. Keep the config consistent with them.
             self.register_to_config(num_train_timesteps=len(betas))
+        eps_sq_mean = self._checked_eps_sq_mean(analytic_eps_sq_mean, variance_type, len(betas))
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)
-        self.forward_chain = DiffusionChain.training_chain(alphas_cumprod)
+        self._eps_sq_mean = eps_sq_mean
+        self.forward_chain = DiffusionChain.training_chain(alphas_cumprod, eps_sq_mean)
         self.sampling_chain = self.forward_chain
-        self._chains_on_device: dict[tuple[int, str], DiffusionChain] = {}
+        self._chains_on_device: dict[tuple[int, str], tuple[DiffusionChain, DiffusionChain]] = {}
 
         # float32 views under diffusers' attribute names, for code that reads them directly
         self.betas = betas.float()
@@ -136,6 +149,58 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps: int | None = None
         self.custom_timesteps = False
         self.timesteps = torch.arange(len(betas) - 1, -1, -1)
+
+    def _check_config(self, config: dict) -> None:
+        """Every config value is checked here, where it enters; numpy numbers are stored as Python ones
+        (the config is written as JSON)."""
+        if config["trained_betas"] is None:
+            _require_choice("beta_schedule", config["beta_schedule"], BETA_SCHEDULES)
+        _require_choice("variance_type", config["variance_type"], VARIANCE_TYPES)
+        _require_choice("prediction_type", config["prediction_type"], PREDICTION_TYPES)
+        _require_choice("timestep_spacing", config["timestep_spacing"], TIMESTEP_SPACINGS)
+        clean = {
+            "num_train_timesteps": require_int("num_train_timesteps", config["num_train_timesteps"], minimum=1),
+            "steps_offset": require_int("steps_offset", config["steps_offset"], minimum=0),
+            "beta_start": require_real("beta_start", config["beta_start"]),
+            "beta_end": require_real("beta_end", config["beta_end"]),
+        }
+        for name in ("clip_sample", "thresholding", "rescale_betas_zero_snr"):
+            clean[name] = require_bool(name, config[name])
+        for name in ("clip_sample_range", "sample_max_value"):
+            clean[name] = require_real(name, config[name])
+            if clean[name] <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {config[name]!r}")
+        ratio = clean["dynamic_thresholding_ratio"] = require_real(
+            "dynamic_thresholding_ratio", config["dynamic_thresholding_ratio"]
+        )
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {ratio}")
+        self.register_to_config(**clean)
+
+    def _checked_eps_sq_mean(self, eps_sq_mean, variance_type: str, num_train_timesteps: int) -> torch.Tensor | None:
+        """Gamma_t of the analytic variance (A3): finite, >= 0, one per training timestep; stored as a list."""
+        if eps_sq_mean is None:
+            if variance_type == ANALYTIC_VARIANCE_TYPE:
+                raise ValueError(
+                    "variance_type='analytic' needs analytic_eps_sq_mean, Gamma_t = E ||eps_theta(x_t, t)||^2 / d "
+                    "for each of the num_train_timesteps timesteps; estimate it for a saved pipeline with "
+                    "`ddpm-estimate-variance PATH --num-images N` (or "
+                    "ddpm_from_scratch.analytic_variance.estimate_eps_sq_mean)"
+                )
+            return None
+        array = np.asarray(eps_sq_mean.detach().cpu() if isinstance(eps_sq_mean, torch.Tensor) else eps_sq_mean)
+        if array.dtype.kind not in "iuf":
+            raise ArgumentTypeError(f"analytic_eps_sq_mean must be real numbers, got {array.dtype} values")
+        if array.shape != (num_train_timesteps,):
+            raise ValueError(
+                f"analytic_eps_sq_mean must have one value per training timestep, shape ({num_train_timesteps},), "
+                f"got shape {array.shape}"
+            )
+        if not (np.isfinite(array).all() and (array >= 0).all()):
+            raise ValueError("analytic_eps_sq_mean must be finite and >= 0 (it is a mean of squares)")
+        array = array.astype(np.float64)
+        self.register_to_config(analytic_eps_sq_mean=array.tolist())
+        return torch.from_numpy(array)
 
     # ---- the diffusers scheduler contract -------------------------------------------------
 
@@ -158,14 +223,16 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("pass exactly one of num_inference_steps or timesteps")
         if timesteps is not None:
-            chain = np.asarray(timesteps, dtype=np.int64)
+            chain = as_timesteps("timesteps", timesteps)
+            chain = np.atleast_1d(np.asarray(chain.cpu() if isinstance(chain, torch.Tensor) else chain, dtype=np.int64))
             if chain.ndim != 1 or len(chain) == 0:
                 raise ValueError(f"timesteps must be a non-empty 1-d sequence of ints, got {timesteps!r}")
             if np.any(np.diff(chain) >= 0):
                 raise ValueError(f"timesteps must be strictly descending, got {chain.tolist()}")
             self.custom_timesteps = True
         else:
-            if not isinstance(num_inference_steps, (int, np.integer)) or not 1 <= num_inference_steps <= T:
+            num_inference_steps = require_int("num_inference_steps", num_inference_steps)
+            if not 1 <= num_inference_steps <= T:
                 raise ValueError(
                     f"num_inference_steps must be an int in [1, num_train_timesteps={T}], got {num_inference_steps!r}"
                 )
@@ -182,13 +249,14 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         prev_timesteps = torch.arange(T) - 1  # timesteps outside the chain keep the training step
         chain_t = torch.from_numpy(chain)
         prev_timesteps[chain_t] = torch.cat([chain_t[1:], chain_t.new_tensor([-1])])
-        self.sampling_chain = DiffusionChain.build(self.forward_chain.alphas_cumprod, prev_timesteps)
+        self.sampling_chain = DiffusionChain.build(self.forward_chain.alphas_cumprod, prev_timesteps, self._eps_sq_mean)
         self._chains_on_device.clear()
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
         """The timestep the sampling chain steps to from ``timestep`` (-1 after the last step)."""
-        prev = self.sampling_chain.prev_timesteps[torch.as_tensor(timestep).cpu().long()]
-        return int(prev) if isinstance(timestep, (int, np.integer)) else prev
+        t = as_timesteps("timestep", timestep)
+        prev = self.sampling_chain.prev_timesteps[torch.as_tensor(t).cpu()]
+        return int(prev) if isinstance(t, int) else prev
 
     def step(
         self,
@@ -208,8 +276,14 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         The mean and variance are those of ``reverse_step`` (diffusion_math's ``p_mean_variance``):
         x_0 from the model output, clipped or thresholded, mean = posterior mean P2, log-variance for
         ``variance_type``. The step adds sigma_t z, with no noise on the chain's final step.
+
+        Inputs are checked where they are free to check (types, dtypes, shapes, devices; a fractional
+        timestep is refused, never truncated). Set ``scheduler.check_finite = True`` to also refuse
+        NaN/inf in ``model_output`` or ``sample``: that reads them back, one device sync per step.
         """
         t = self._host_timestep(timestep)
+        if self.check_finite:
+            require_finite(t, model_output=model_output, sample=sample)
         chain = self._chain_for(t, sample.device, self.sampling_chain)
         reverse = self._reverse_step(chain, model_output, sample, t)
         prev_sample, pred_original_sample = reverse.mean, reverse.pred_xstart
@@ -290,6 +364,44 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         chain = self._chain_for(t, sample.device, self.sampling_chain if chain is None else chain)
         return self._reverse_step(chain, model_output, sample, t, clip_denoised)
 
+    def _get_variance(
+        self, t: int | torch.Tensor, predicted_variance: torch.Tensor | None = None, variance_type: str | None = None
+    ) -> torch.Tensor:
+        """diffusers' private ``DDPMScheduler._get_variance``, for code that calls it on a DDPM scheduler
+        (diffusers' ``ValueGuidedRLPipeline`` does). Not used by ``step``.
+
+        For the step t -> previous_timestep(t) it returns what diffusers returns, whose unit depends on
+        the type: fixed_small: beta~ (floored at 1e-20); fixed_small_log: its square root, the std;
+        fixed_large: beta; fixed_large_log: log beta; learned: ``predicted_variance`` itself;
+        learned_range: the interpolated log-variance; analytic: sigma*^2 (A1 clipped to A2).
+        A float32 tensor, like diffusers'.
+        """
+        t = self._host_timestep(t)
+        if not isinstance(t, int):
+            if t.numel() != 1:
+                raise ValueError(f"t must be a single timestep, got shape {tuple(t.shape)}")
+            t = int(t.reshape(()))
+        variance_type = self.config.variance_type if variance_type is None else variance_type
+        _require_choice("variance_type", variance_type, VARIANCE_TYPES)
+        chain = self.sampling_chain
+        posterior_variance = max(chain.lookup("posterior_variance", t, self.betas), MIN_VARIANCE)
+        beta = chain.lookup("betas", t, self.betas)
+        if variance_type in ("learned", "learned_range") and predicted_variance is None:
+            raise ValueError(f"variance_type={variance_type!r} needs predicted_variance, the model's variance part")
+        if variance_type == "learned":
+            return predicted_variance
+        if variance_type == "learned_range":
+            frac = (predicted_variance + 1) / 2
+            return frac * math.log(beta) + (1 - frac) * math.log(posterior_variance)
+        value = {
+            "fixed_small": lambda: posterior_variance,
+            "fixed_small_log": lambda: math.sqrt(posterior_variance),
+            "fixed_large": lambda: beta,
+            "fixed_large_log": lambda: math.log(beta),
+            ANALYTIC_VARIANCE_TYPE: lambda: math.exp(model_log_variance(chain, t, self.betas, variance_type, None)),
+        }[variance_type]()
+        return torch.tensor(value, dtype=torch.float32)
+
     # ---- helpers ----------------------------------------------------------------------------
 
     def _reverse_step(
@@ -316,9 +428,11 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
 
     @staticmethod
     def _host_timestep(timestep: int | torch.Tensor) -> int | torch.Tensor:
-        """A timestep already on the host as a Python int (free to read); device or batched ones as they are."""
-        if isinstance(timestep, (int, np.integer)):
-            return int(timestep)
+        """A timestep already on the host as a Python int (free to read); device or batched ones as they are.
+        Floats and bools are refused (``as_timesteps``)."""
+        if type(timestep) is int:
+            return timestep
+        timestep = as_timesteps("timestep", timestep)
         if isinstance(timestep, torch.Tensor) and timestep.ndim == 0 and timestep.device.type == "cpu":
             return int(timestep)
         return timestep
@@ -334,13 +448,19 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         return bool((t > 0).any())
 
     def _chain_on(self, device: torch.device, chain: DiffusionChain) -> DiffusionChain:
+        device = torch.device(device)
+        if device.type != "mps" and chain.alphas_cumprod.device == device:
+            return chain  # already there (e.g. a chain the caller moved): nothing to cache
         key = (id(chain), str(device))
-        if key not in self._chains_on_device:
-            self._chains_on_device[key] = chain.to(device)
-        return self._chains_on_device[key]
+        cached = self._chains_on_device.get(key)
+        # the cache keeps the chain itself too, so its id cannot be reused by another chain meanwhile
+        if cached is None or cached[0] is not chain:
+            cached = self._chains_on_device[key] = (chain, chain.to(device))
+        return cached[1]
 
     def _checked_timesteps(self, timesteps: torch.Tensor | int) -> torch.Tensor | int:
-        # Range checks only where they are free: reading a CUDA tensor back would sync.
+        # Integer dtype always (free); range checks only where they are free: reading a CUDA tensor back would sync.
+        timesteps = as_timesteps("timesteps", timesteps)
         t = torch.as_tensor(timesteps)
         if t.device.type == "cpu" and t.numel() and (t.min() < 0 or t.max() >= self.config.num_train_timesteps):
             raise ValueError(
@@ -350,6 +470,15 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
 
     @staticmethod
     def _check_same_shape(**tensors: torch.Tensor) -> None:
+        """Tensors that enter together: floating point, one shape, one device (metadata only: free)."""
+        for name, tensor in tensors.items():
+            if not isinstance(tensor, torch.Tensor):
+                raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+            if not tensor.is_floating_point():
+                raise ArgumentTypeError(f"{name} must have a floating-point dtype, got {tensor.dtype}")
         shapes = {name: tuple(t.shape) for name, t in tensors.items()}
         if len(set(shapes.values())) > 1:
             raise ValueError(f"shapes must match, got {shapes}")
+        devices = {name: str(t.device) for name, t in tensors.items()}
+        if len(set(devices.values())) > 1:
+            raise ValueError(f"tensors must be on one device, got {devices}")

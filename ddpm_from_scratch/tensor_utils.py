@@ -1,8 +1,91 @@
-"""Small tensor helpers shared by the scheduler, the likelihood code and training."""
+"""Small tensor helpers and argument checks shared by the scheduler, the likelihood code and training.
+
+The checks run where an argument enters the library, so that a bad value fails with its name and the
+allowed values instead of deep inside torch (or, worse, not at all: ``torch.linspace`` takes a bool,
+``.long()`` truncates 5.7 to 5). They look at types, shapes, dtypes and devices only, which costs
+nothing on an accelerator; ``require_finite`` reads values and is for opt-in checks.
+"""
 
 from __future__ import annotations
 
+import math
+import numbers
+
+import numpy as np
 import torch
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type. Also a ValueError, so that callers catching bad input as
+    ValueError (the command-line tools do) report it the same way."""
+
+
+def require_real(name: str, value) -> float:
+    """``value`` as a float if it is a finite real number (int, float, numpy scalar; not bool or str)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{name} must be a finite real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    return float(value)
+
+
+def require_int(name: str, value, minimum: int | None = None) -> int:
+    """``value`` as an int if it is an integer (int or numpy integer; bool is not one), >= ``minimum``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ArgumentTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def require_bool(name: str, value) -> bool:
+    """``value`` if it is a bool (or numpy bool): a string such as "False" would otherwise read as true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ArgumentTypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def as_timesteps(name: str, timesteps) -> int | torch.Tensor:
+    """Timesteps as an int (a scalar) or an integer tensor, refusing anything that would be truncated.
+
+    Allowed: a Python or numpy int, an integer-dtype tensor or array, a sequence of ints. Floats are
+    refused whatever their value (5.7 and 5.0 alike): telling an integral float tensor from a
+    fractional one means reading it, a device sync on an accelerator. Bools are refused too.
+    """
+    if isinstance(timesteps, (bool, np.bool_)):
+        raise ArgumentTypeError(f"{name} must be an integer timestep, got bool {timesteps!r}")
+    if isinstance(timesteps, numbers.Integral):
+        return int(timesteps)
+    if isinstance(timesteps, torch.Tensor):
+        if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
+            raise ArgumentTypeError(
+                f"{name} must have an integer dtype (as scheduler.timesteps has), got a {timesteps.dtype} tensor; "
+                "timesteps are never rounded or truncated here: convert them explicitly, e.g. t.round().long()"
+            )
+        return timesteps
+    if isinstance(timesteps, (np.ndarray, list, tuple)):
+        array = np.asarray(timesteps)
+        if array.dtype.kind not in "iu" and not (array.size == 0 and array.dtype.kind == "f"):
+            raise ArgumentTypeError(
+                f"{name} must be integers, got {array.dtype} values {array.tolist()!r}; timesteps are never "
+                "rounded or truncated here: convert them explicitly"
+            )
+        return torch.as_tensor(array.astype(np.int64))
+    raise ArgumentTypeError(
+        f"{name} must be an int, an integer tensor or a sequence of ints, got {type(timesteps).__name__} {timesteps!r}"
+    )
+
+
+def require_finite(timestep, **tensors: torch.Tensor) -> None:
+    """Raise if any of ``tensors`` holds NaN or inf. Reads the values: one device sync per call."""
+    for name, tensor in tensors.items():
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = int(finite.numel() - finite.sum())
+            where = timestep.tolist() if isinstance(timestep, torch.Tensor) else timestep
+            raise ValueError(
+                f"{name} has {bad} non-finite (NaN or inf) values out of {finite.numel()} at timestep {where}"
+            )
 
 
 def append_dims(x: torch.Tensor, target_ndim: int) -> torch.Tensor:

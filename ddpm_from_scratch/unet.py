@@ -7,7 +7,7 @@ Architecture (a PixelCNN++-style U-Net with a time embedding, as in the paper's 
     down: for each level i (channels ch*mult[i], resolution R/2^i):
               layers_per_block x [ResBlock -> (SelfAttention if R/2^i in attention_resolutions)]
               then a stride-2 conv (not after the last level); every output is kept as a skip
-    mid:  ResBlock -> SelfAttention -> ResBlock
+    mid:  ResBlock -> SelfAttention (unless mid_block_add_attention=False) -> ResBlock
     up:   for each level, lowest resolution first:
               (layers_per_block + 1) x [concat(h, skip) -> ResBlock -> (SelfAttention)]
               then nearest x2 + conv3x3 (not after the last level)
@@ -19,8 +19,12 @@ Architecture (a PixelCNN++-style U-Net with a time embedding, as in the paper's 
         qkv one fused linear over the H*W positions; a single head unless attention_head_dim is set.
 
 The down-sampling conv pads (0, 1, 0, 1) before a stride-2 3x3 conv: TensorFlow's "SAME" padding,
-which is what the paper's checkpoints were trained with (and what diffusers' `downsample_padding=0`
-reproduces), so published DDPM weights convert without changing the function (see convert.py).
+which is what the paper's checkpoints were trained with (diffusers' `downsample_padding=0`), so
+published DDPM weights convert without changing the function (see convert.py).
+
+The defaults are the paper's network; the other choices diffusers' `UNet2DModel` offers for these blocks
+(sinusoid order and shift, downsample padding, head size, no middle attention, input centring) are config
+keys too, so that any UNet2DModel of the DDPM family converts.
 
 Initialisation follows the paper's code: fan-average uniform (Xavier) for every conv/linear, zero
 biases, and zero weights for the last conv of each residual branch, the attention output projection
@@ -88,19 +92,28 @@ class ScratchUNet2DOutput(BaseOutput):
     sample: torch.Tensor
 
 
-def sinusoidal_timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Transformer sinusoidal position embedding of the timestep, as in the paper's code.
+def sinusoidal_timestep_embedding(
+    timesteps: torch.Tensor, dim: int, max_period: float = 10000.0, flip_sin_to_cos: bool = False, freq_shift: float = 1
+) -> torch.Tensor:
+    """Transformer sinusoidal position embedding of the timestep; the defaults are the paper's code.
 
-    emb[:, i] = sin(t * max_period^(-i / (half - 1))), emb[:, half + i] = cos(same), half = dim // 2.
-    timesteps: (B,) float32 -> (B, dim) float32 (zero-padded when dim is odd).
+    emb[:, i] = sin(t * max_period^(-i / (half - freq_shift))), emb[:, half + i] = cos(same), half = dim // 2;
+    flip_sin_to_cos puts the cos half first. timesteps: (B,) -> (B, dim) float32 (zero-padded when dim is odd).
     """
     half = dim // 2
-    # max(half - 1, 1): a 2-dim embedding would otherwise divide by zero
-    freqs = torch.exp(
-        torch.arange(half, device=timesteps.device, dtype=torch.float32) * (-math.log(max_period) / max(half - 1, 1))
-    )
+    # a single frequency has exponent 0 whatever the denominator; this avoids dividing 0 by 0
+    denominator = half - freq_shift if half > 1 else 1
+    steps = torch.arange(half, device=timesteps.device, dtype=torch.float32)
+    # the same exponent, rounded in float32 as the reference code of each layout rounds it (they differ
+    # by up to 6e-5 at t = 999): the paper's TF code i * (log(P) / (half - 1)), diffusers' (log(P) * i) / (half - shift)
+    if freq_shift == 1:
+        exponent = steps * (-math.log(max_period) / denominator)
+    else:
+        exponent = (-math.log(max_period) * steps) / denominator
+    freqs = torch.exp(exponent)
     angles = timesteps.float()[:, None] * freqs[None, :]
-    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    sin, cos = torch.sin(angles), torch.cos(angles)
+    emb = torch.cat([cos, sin] if flip_sin_to_cos else [sin, cos], dim=1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
@@ -109,16 +122,20 @@ def sinusoidal_timestep_embedding(timesteps: torch.Tensor, dim: int, max_period:
 class TimestepMLP(nn.Module):
     """sinusoid(t) -> Linear -> SiLU -> Linear: the paper's two-layer time embedding."""
 
-    def __init__(self, base_channels: int, embed_dim: int):
+    def __init__(self, base_channels: int, embed_dim: int, flip_sin_to_cos: bool = False, freq_shift: float = 1):
         super().__init__()
         self.base_channels = base_channels
+        self.flip_sin_to_cos = flip_sin_to_cos
+        self.freq_shift = freq_shift
         self.fc_in = nn.Linear(base_channels, embed_dim)
         self.fc_out = nn.Linear(embed_dim, embed_dim)
 
     def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
         # the sinusoid is computed in float32 (in bf16, angles t * freq of up to ~1000 rad would be
         # rounded by several radians), then cast to the weights' dtype for a bf16/fp16 model
-        emb = sinusoidal_timestep_embedding(timesteps, self.base_channels).to(self.fc_in.weight.dtype)
+        emb = sinusoidal_timestep_embedding(
+            timesteps, self.base_channels, flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift
+        ).to(self.fc_in.weight.dtype)
         return self.fc_out(F.silu(self.fc_in(emb)))
 
 
@@ -172,14 +189,15 @@ class SelfAttention(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3x3 conv after TF "SAME" padding (pad right/bottom by one): halves H and W."""
+    """Stride-2 3x3 conv: halves H and W. padding=0: TF "SAME" padding (right/bottom by one), else conv padding."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, padding: int = 0):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+        self.same_padding = padding == 0
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.same_padding else x)
 
 
 class Upsample(nn.Module):
@@ -212,6 +230,19 @@ def _as_tuple(value: Any) -> tuple:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
+def _attention_levels(sample_size: Any, channels: tuple, attention_resolutions: tuple) -> list[bool]:
+    """Whether each level (resolution height / 2^i) has attention; a ValueError for a resolution no level has."""
+    height = _as_tuple(sample_size)[0]
+    level_resolutions = [height // 2**i for i in range(len(channels))]
+    unknown = [r for r in attention_resolutions if r not in level_resolutions]
+    if unknown:
+        raise ValueError(
+            f"attention_resolutions {attention_resolutions} contains {unknown}, which are not level "
+            f"resolutions; allowed values for this sample_size: {level_resolutions}"
+        )
+    return [res in attention_resolutions for res in level_resolutions]
+
+
 class ScratchUNet2DModel(ModelMixin, ConfigMixin):
     """The DDPM U-Net (see the module docstring), a drop-in for diffusers' `UNet2DModel` in DDPM pipelines.
 
@@ -221,12 +252,18 @@ class ScratchUNet2DModel(ModelMixin, ConfigMixin):
         block_out_channels: channels of each resolution level (ch * channel_mult in the paper).
         layers_per_block: residual blocks per level on the way down (the way up has one more).
         attention_resolutions: feature-map heights (e.g. (16,)) whose res blocks are followed by self-attention.
-        attention_head_dim: channels per attention head; None = a single head (the paper).
+        attention_head_dim: channels per attention head (as in diffusers' UNet2DModel); None = a single head
+            (the paper). It must divide the channels of every level with attention.
         dropout: dropout rate inside the residual blocks.
         norm_num_groups / norm_eps: GroupNorm settings.
         num_class_embeds: number of classes for class conditioning (None = unconditional). The table has one
             extra row, `null_class_label` (= num_class_embeds), for classifier-free guidance.
         time_embedding_dim: width of the time embedding; None = 4 * block_out_channels[0].
+        flip_sin_to_cos: put the cos half of the timestep sinusoid first (diffusers' default; the paper: False).
+        freq_shift: in [0, 1]; sinusoid frequencies max_period^(-i / (half - freq_shift)) (the paper: 1).
+        downsample_padding: 0 = TF "SAME" padding before the stride-2 conv (the paper), 1 = pad every side by one.
+        mid_block_add_attention: self-attention between the two middle res blocks (the paper: True).
+        center_input_sample: map the input x -> 2x - 1 before the first conv (for data in [0, 1]).
     """
 
     _supports_gradient_checkpointing = True
@@ -248,18 +285,17 @@ class ScratchUNet2DModel(ModelMixin, ConfigMixin):
         norm_eps: float = 1e-6,
         num_class_embeds: int | None = None,
         time_embedding_dim: int | None = None,
+        flip_sin_to_cos: bool = False,
+        freq_shift: float = 1,
+        downsample_padding: int = 0,
+        mid_block_add_attention: bool = True,
+        center_input_sample: bool = False,
     ):
         super().__init__()
+        self.check_config({k: v for k, v in self.config.items() if not k.startswith("_")})
         channels = _as_tuple(block_out_channels)
-        attention_resolutions = _as_tuple(attention_resolutions)
-        height = _as_tuple(sample_size)[0]
-        level_resolutions = [height // 2**i for i in range(len(channels))]
-        self._validate_config(
-            sample_size, in_channels, out_channels, channels, layers_per_block, attention_resolutions,
-            level_resolutions, attention_head_dim, dropout, norm_num_groups, num_class_embeds,
-        )
+        with_attention = _attention_levels(sample_size, channels, _as_tuple(attention_resolutions))
         temb_dim = time_embedding_dim or 4 * channels[0]
-        with_attention = [res in attention_resolutions for res in level_resolutions]
 
         def res_block(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, temb_dim, dropout, norm_num_groups, norm_eps)
@@ -267,7 +303,7 @@ class ScratchUNet2DModel(ModelMixin, ConfigMixin):
         def attention(ch: int) -> SelfAttention:
             return SelfAttention(ch, attention_head_dim, norm_num_groups, norm_eps)
 
-        self.time_embed = TimestepMLP(channels[0], temb_dim)
+        self.time_embed = TimestepMLP(channels[0], temb_dim, flip_sin_to_cos, freq_shift)
         self.class_embed = nn.Embedding(num_class_embeds + 1, temb_dim) if num_class_embeds is not None else None
         self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
 
@@ -286,10 +322,11 @@ class ScratchUNet2DModel(ModelMixin, ConfigMixin):
             is_last = i == len(channels) - 1
             if not is_last:
                 skip_channels.append(ch)
-            self.down_levels.append(Level(res_blocks, attn_blocks, None if is_last else Downsample(ch)))
+            resample = None if is_last else Downsample(ch, downsample_padding)
+            self.down_levels.append(Level(res_blocks, attn_blocks, resample))
 
         self.mid_res_in = res_block(ch, ch)
-        self.mid_attn = attention(ch)
+        self.mid_attn = attention(ch) if mid_block_add_attention else None
         self.mid_res_out = res_block(ch, ch)
 
         # up path, lowest resolution first; each res block consumes one skip (concatenated on channels)
@@ -310,40 +347,62 @@ class ScratchUNet2DModel(ModelMixin, ConfigMixin):
         self._downsampling_factor = 2 ** (len(channels) - 1)
         self._init_weights()
 
-    @staticmethod
-    def _validate_config(
-        sample_size, in_channels, out_channels, channels, layers_per_block, attention_resolutions,
-        level_resolutions, attention_head_dim, dropout, norm_num_groups, num_class_embeds,
-    ) -> None:
-        sizes = _as_tuple(sample_size)
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        """Raise a ValueError naming the key and its allowed values unless `config` builds a network.
+
+        config: keyword arguments of `__init__`; missing keys take their defaults.
+        """
+        defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items() if name != "self"}
+        unknown = sorted(set(config) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; allowed keys: {sorted(defaults)}")
+        c = {**defaults, **config}
+        sizes = _as_tuple(c["sample_size"])
         if len(sizes) not in (1, 2) or any(not isinstance(s, int) or s < 1 for s in sizes):
-            raise ValueError(f"sample_size must be a positive int or an (H, W) pair, got {sample_size!r}")
+            raise ValueError(f"sample_size must be a positive int or an (H, W) pair, got {c['sample_size']!r}")
+        channels = _as_tuple(c["block_out_channels"])
+        if not channels or any(not isinstance(ch, int) or ch < 1 for ch in channels):
+            raise ValueError(f"block_out_channels must be a non-empty sequence of positive ints, got {channels!r}")
         factor = 2 ** (len(channels) - 1)
         if any(s % factor for s in sizes):
             raise ValueError(
-                f"sample_size {sample_size!r} must be divisible by 2**(len(block_out_channels) - 1) = {factor}"
+                f"sample_size {c['sample_size']!r} must be divisible by 2**(len(block_out_channels) - 1) = {factor}"
             )
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not channels or any(not isinstance(c, int) or c < 1 for c in channels):
-            raise ValueError(f"block_out_channels must be a non-empty sequence of positive ints, got {channels!r}")
-        if any(c % norm_num_groups for c in channels):
-            raise ValueError(f"every block_out_channels entry {channels} must be divisible by norm_num_groups={norm_num_groups}")
-        if not isinstance(layers_per_block, int) or layers_per_block < 1:
-            raise ValueError(f"layers_per_block must be an int >= 1, got {layers_per_block!r}")
-        unknown = [r for r in attention_resolutions if r not in level_resolutions]
-        if unknown:
+        for name in ("in_channels", "out_channels"):
+            if not isinstance(c[name], int) or c[name] < 1:
+                raise ValueError(f"{name} must be a positive int, got {c[name]!r}")
+        groups = c["norm_num_groups"]
+        if not isinstance(groups, int) or groups < 1 or any(ch % groups for ch in channels):
             raise ValueError(
-                f"attention_resolutions {attention_resolutions} contains {unknown}, which are not level "
-                f"resolutions; allowed values for this sample_size: {level_resolutions}"
+                f"norm_num_groups={groups!r} must be a positive int dividing every block_out_channels entry {channels}"
             )
-        if attention_head_dim is not None and any(c % attention_head_dim for c in channels):
-            raise ValueError(f"attention_head_dim={attention_head_dim} must divide every block_out_channels entry {channels}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if num_class_embeds is not None and (not isinstance(num_class_embeds, int) or num_class_embeds < 1):
-            raise ValueError(f"num_class_embeds must be None or an int >= 1, got {num_class_embeds!r}")
+        if not isinstance(c["layers_per_block"], int) or c["layers_per_block"] < 1:
+            raise ValueError(f"layers_per_block must be an int >= 1, got {c['layers_per_block']!r}")
+        with_attention = _attention_levels(c["sample_size"], channels, _as_tuple(c["attention_resolutions"]))
+        attended = [ch for ch, a in zip(channels, with_attention) if a]
+        attended += [channels[-1]] if c["mid_block_add_attention"] else []
+        head_dim = c["attention_head_dim"]
+        bad_head_dim = not isinstance(head_dim, int) or head_dim < 1 or any(ch % head_dim for ch in attended)
+        if head_dim is not None and bad_head_dim:
+            raise ValueError(
+                f"attention_head_dim={head_dim!r} must be None or a positive int dividing the channels of every "
+                f"level with attention (the middle one included): {sorted(set(attended))}"
+            )
+        if not 0.0 <= c["dropout"] < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {c['dropout']!r}")
+        classes = c["num_class_embeds"]
+        if classes is not None and (not isinstance(classes, int) or classes < 1):
+            raise ValueError(f"num_class_embeds must be None or an int >= 1, got {classes!r}")
+        for name in ("flip_sin_to_cos", "mid_block_add_attention", "center_input_sample"):
+            if not isinstance(c[name], bool):
+                raise ValueError(f"{name} must be True or False, got {c[name]!r}")
+        shift = c["freq_shift"]
+        if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not 0 <= shift <= 1:
+            raise ValueError(f"freq_shift must be a number in [0, 1] (1: the paper, 0: diffusers), got {shift!r}")
+        padding = c["downsample_padding"]
+        if padding not in (0, 1) or isinstance(padding, bool):
+            raise ValueError(f"downsample_padding must be 0 (TF 'SAME', the paper) or 1, got {padding!r}")
 
     def _init_weights(self) -> None:
         """The paper's init: Xavier-uniform weights, zero biases, zero last layer of every residual branch."""
@@ -362,11 +421,9 @@ class ScratchUNet2DModel(ModelMixin, ConfigMixin):
         """Build a preset from `UNET_PRESETS` ("cifar10", "digits"), with config keys overridden by `overrides`."""
         if name not in UNET_PRESETS:
             raise ValueError(f"unknown preset name {name!r}; allowed values: {sorted(UNET_PRESETS)}")
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(overrides) - allowed)
-        if unknown:
-            raise ValueError(f"unknown config keys in overrides: {unknown}; allowed keys: {sorted(allowed)}")
-        return cls(**{**UNET_PRESETS[name], **overrides})
+        config = {**UNET_PRESETS[name], **overrides}
+        cls.check_config(config)  # before the call: an unknown key would be a TypeError there
+        return cls(**config)
 
     @property
     def null_class_label(self) -> int | None:
@@ -400,6 +457,8 @@ class ScratchUNet2DModel(ModelMixin, ConfigMixin):
     def _check_sample(self, sample: torch.Tensor) -> None:
         if sample.ndim != 4:
             raise ValueError(f"sample must have shape (B, C, H, W), got shape {tuple(sample.shape)}")
+        if not sample.is_floating_point():
+            raise ValueError(f"sample must be a floating-point tensor, got dtype {sample.dtype}")
         if sample.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"sample has {sample.shape[1]} channels but the model's in_channels is {self.config.in_channels}"
@@ -465,6 +524,8 @@ class ScratchUNet2DModel(ModelMixin, ConfigMixin):
         # every res block applies SiLU before its own time projection: compute it once
         temb_act = F.silu(temb)
 
+        if self.config.center_input_sample:
+            sample = 2 * sample - 1.0
         h = self.conv_in(sample)
         skips = [h]
         for level in self.down_levels:
@@ -478,7 +539,8 @@ class ScratchUNet2DModel(ModelMixin, ConfigMixin):
                 skips.append(h)
 
         h = self._run(self.mid_res_in, h, temb_act)
-        h = self._run(self.mid_attn, h, temb_act)
+        if self.mid_attn is not None:
+            h = self._run(self.mid_attn, h, temb_act)
         h = self._run(self.mid_res_out, h, temb_act)
 
         for level in self.up_levels:

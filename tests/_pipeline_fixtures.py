@@ -1,7 +1,7 @@
 """Shared helpers for the pipeline/hub tests: tiny models and a loopback stand-in for the Hub.
 
 `FakeHub` answers the few HTTP routes huggingface_hub 2.4 and diffusers 0.42 call to create a
-repo, commit files and download them again (read from huggingface_hub's hf_api.py, _commit_api.py,
+repo, list its files, commit (add and delete) files and download them again (read from huggingface_hub's hf_api.py, _commit_api.py,
 file_download.py): it listens on 127.0.0.1 only, keeps everything in memory, tells every upload
 to be a plain (non-LFS, non-Xet) one, records each call, and shuts itself down after a timeout.
 """
@@ -230,6 +230,7 @@ class FakeHub:
         self.files: dict[str, dict[str, bytes]] = {}
         self.repo_payloads: list[dict] = []
         self.commit_headers: list[dict] = []
+        self.deleted: list[str] = []  # paths removed by commits (deletedFile operations)
         self.calls: list[tuple[str, str, str]] = []
         self.unexpected: list[tuple[str, str]] = []
         self.authorization: list[str | None] = []
@@ -294,7 +295,11 @@ class FakeHub:
                 value = item["value"]
                 assert value["encoding"] == "base64"
                 self.files[repo][value["path"]] = base64.b64decode(value["content"])
-            else:  # lfsFile, deletedFile, ...: not something these tests should cause
+            elif item["key"] == "deletedFile":
+                self.deleted.append(item["value"]["path"])
+                if self.files[repo].pop(item["value"]["path"], None) is None:
+                    return 404, {"error": f"cannot delete {item['value']['path']}: no such file"}
+            else:  # lfsFile, deletedFolder, ...: not something these tests should cause
                 return 400, {"error": f"unsupported commit operation {item['key']}"}
         oid = self.commit_oid(repo)
         return 200, {"commitUrl": f"{self.endpoint}/{repo}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}

@@ -1,11 +1,17 @@
 """Run training.train's command line with test-side patches, in a fresh process.
 
     python tests/_train_launcher.py [--kill-after-checkpoint STEP] [--kill-while-checkpointing STEP]
-                                    [--digits-unet-config CONFIG_JSON] -- TRAIN OPTIONS...
+                                    [--kill-while-saving-pipeline] [--nan-loss-at-update N]
+                                    [--forbid-unsafe-loads] [--digits-unet-config CONFIG_JSON] -- TRAIN OPTIONS...
 
 --kill-after-checkpoint STEP      SIGKILL once checkpoint-STEP is committed (renamed into place)
 --kill-while-checkpointing STEP   SIGKILL while checkpoint-STEP is being saved: its training state is
                                   written, its manifest is not, and it is still in the staging folder
+--kill-while-saving-pipeline      SIGKILL during the final pipeline save, once its staging folder holds the
+                                  pipeline code and the UNet (nothing has been moved into output_dir yet)
+--nan-loss-at-update N            make the loss of optimizer update N (1-based) NaN
+--forbid-unsafe-loads             fail on torch.load without weights_only=True, on pickle.load/loads and
+                                  pickle.Unpickler, and on accelerate's load_state, anywhere in the process
 --digits-unet-config PATH         build the "digits" UNet preset from this config.json instead
                                   (e.g. the small UNet of a saved fixture)
 
@@ -44,13 +50,44 @@ def install_patches(args: argparse.Namespace) -> None:
     if args.kill_after_checkpoint is not None:
         save_checkpoint = train.save_checkpoint
 
-        def save_checkpoint_then_die(accelerator, root, step, training_state):
-            path = save_checkpoint(accelerator, root, step, training_state)
+        def save_checkpoint_then_die(accelerator, root, step, write_files, training_state):
+            path = save_checkpoint(accelerator, root, step, write_files, training_state)
             if step == args.kill_after_checkpoint and accelerator.is_main_process:
                 _kill_self()
             return path
 
         train.save_checkpoint = save_checkpoint_then_die  # the trainer imported it by name
+
+    if args.kill_while_saving_pipeline:
+        import ddpm_from_scratch.pipeline_folder as pipeline_folder
+
+        move_into_place = pipeline_folder._move_into_place
+
+        def move_into_place_or_die(staging, *rest, **kwargs):
+            _kill_self()
+            return move_into_place(staging, *rest, **kwargs)
+
+        pipeline_folder._move_into_place = move_into_place_or_die
+
+    if args.nan_loss_at_update is not None:
+        poisoned = {"now": False}
+        update, diffusion_loss = train.Trainer._update, train.diffusion_loss
+
+        def update_maybe_poisoned(self, stream):
+            poisoned["now"] = self.global_step + 1 == args.nan_loss_at_update
+            return update(self, stream)
+
+        def diffusion_loss_maybe_nan(*loss_args, **loss_kwargs):
+            output = diffusion_loss(*loss_args, **loss_kwargs)
+            if poisoned["now"]:
+                output.loss = output.loss * float("nan")
+            return output
+
+        train.Trainer._update = update_maybe_poisoned
+        train.diffusion_loss = diffusion_loss_maybe_nan
+
+    if args.forbid_unsafe_loads:
+        _forbid_unsafe_loads()
 
     if args.digits_unet_config is not None:
         from ddpm_from_scratch.unet import UNET_PRESETS
@@ -58,6 +95,33 @@ def install_patches(args: argparse.Namespace) -> None:
         with open(args.digits_unet_config) as handle:
             config = {key: value for key, value in json.load(handle).items() if not key.startswith("_")}
         UNET_PRESETS["digits"] = config  # the same dict object training.components reads
+
+
+class UnsafeLoadAttempted(AssertionError):
+    pass
+
+
+def _forbid_unsafe_loads() -> None:
+    import pickle
+
+    import accelerate
+    import torch
+
+    torch_load = torch.load
+
+    def weights_only_load(*load_args, **load_kwargs):
+        if load_kwargs.get("weights_only") is not True:
+            raise UnsafeLoadAttempted(f"torch.load without weights_only=True: {load_args[:1]} {load_kwargs}")
+        return torch_load(*load_args, **load_kwargs)
+
+    def refuse(what):
+        def refused(*_args, **_kwargs):
+            raise UnsafeLoadAttempted(f"{what} was called")
+        return refused
+
+    torch.load = weights_only_load
+    pickle.load, pickle.loads, pickle.Unpickler = refuse("pickle.load"), refuse("pickle.loads"), refuse("pickle.Unpickler")
+    accelerate.Accelerator.load_state = refuse("Accelerator.load_state")
 
 
 def main(argv: list[str]) -> int:
@@ -69,6 +133,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="_train_launcher.py")
     parser.add_argument("--kill-after-checkpoint", type=int, default=None)
     parser.add_argument("--kill-while-checkpointing", type=int, default=None)
+    parser.add_argument("--kill-while-saving-pipeline", action="store_true")
+    parser.add_argument("--nan-loss-at-update", type=int, default=None)
+    parser.add_argument("--forbid-unsafe-loads", action="store_true")
     parser.add_argument("--digits-unet-config", default=None)
     install_patches(parser.parse_args(own))
 

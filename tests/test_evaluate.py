@@ -113,17 +113,83 @@ def test_a_stock_diffusers_pipeline_folder_is_evaluated_too(tmp_path, capsys):
     assert "NLL bound on 3 held-out digits" in capsys.readouterr().out
 
 
-def test_bad_input_gives_clear_errors(saved_pipeline, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "missing"), "--no-progress"])
-    assert exit_info.value.code == 1 and "does not exist" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(saved_pipeline), "--num-samples", "0", "--nll-images", "0"])
-    assert exit_info.value.code == 1 and "nothing to evaluate" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([str(saved_pipeline), "--num-samples", "-3"])  # argparse refuses it
-    assert "must be an integer >= 0" in capsys.readouterr().err
+MISTAKES = {
+    "missing folder": (lambda saved, tmp: [str(tmp / "missing")], "folder '{tmp}/missing' does not exist"),
+    "nothing to evaluate": (lambda saved, tmp: [str(saved), "--num-samples", "0", "--nll-images", "0"],
+                            "nothing to evaluate"),
+    "one sample": (lambda saved, tmp: [str(saved), "--num-samples", "1"], "--num-samples must be 0 (skip) or >= 2"),
+    "negative samples": (lambda saved, tmp: [str(saved), "--num-samples", "-3"], "must be an integer >= 0"),
+    "json is a folder": (lambda saved, tmp: [str(saved), "--json", str(tmp)], "--json '{tmp}' is a folder"),
+    "json not .json": (lambda saved, tmp: [str(saved), "--json", str(tmp / "out.txt")], "must end in one of .json"),
+    "unknown device": (lambda saved, tmp: [str(saved), "--device", "gpu"], "--device 'gpu' is not a torch device"),
+    "too many steps": (lambda saved, tmp: [str(saved), "--num-inference-steps", "11"], "num_inference_steps=11"),
+    "rgb model": (lambda saved, tmp: [str(_rgb_pipeline(tmp))], "1x8x8 digits"),
+}
 
+
+def _rgb_pipeline(tmp_path):
+    folder = tmp_path / "rgb"
+    rgb_unet = tiny_unet(in_channels=3, out_channels=3, sample_size=16)
+    ScratchDDPMPipeline(unet=rgb_unet, scheduler=ScratchDDPMScheduler(num_train_timesteps=T)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_mistakes_are_one_error_line_and_exit_status_2_before_the_work(
+    saved_pipeline, tmp_path, capsys, monkeypatch, mistake
+):
+    make_argv, message = MISTAKES[mistake]
+    monkeypatch.setattr("ddpm_from_scratch.digits.evaluation.nll_bits_per_dim",
+                        lambda *a, **k: pytest.fail("the bound started before the mistake was reported"))
+    with pytest.raises(SystemExit) as exit_info:
+        main([*make_argv(saved_pipeline, tmp_path), "--nll-images", "2", "--no-progress"]
+             if "--nll-images" not in make_argv(saved_pipeline, tmp_path) else make_argv(saved_pipeline, tmp_path))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if line.startswith("ddpm-evaluate: error: ")]
+    assert len(error_lines) == 1 and message.format(tmp=tmp_path) in error_lines[0], err
+
+
+def test_a_training_checkpoint_folder_is_evaluated_from_its_ema_weights(saved_pipeline, tmp_path, capsys):
+    pipeline = ScratchDDPMPipeline.from_pretrained(saved_pipeline)
+    checkpoint = tmp_path / "checkpoint-3"
+    tiny_unet().save_pretrained(checkpoint / "unet")  # same seed, but the EMA weights below differ
+    ema = ScratchDDPMPipeline.from_pretrained(saved_pipeline).unet
+    with torch.no_grad():
+        for parameter in ema.parameters():
+            parameter.mul_(0.5)
+    ema.save_pretrained(checkpoint / "unet_ema")
+    pipeline.scheduler.save_pretrained(checkpoint / "scheduler")
+    (checkpoint / "training_state.json").write_text("{}")
+    loaded = load_pipeline(checkpoint)
+    for key, value in loaded.unet.state_dict().items():
+        torch.testing.assert_close(value, ema.state_dict()[key], rtol=0, atol=0)
+    out = tmp_path / "ckpt.json"
+    assert main([str(checkpoint), "--num-samples", "0", "--nll-images", "2", "--json", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["variance_type"] == "learned_range"
+
+
+def test_a_stock_folder_without_safetensors_is_reported_clearly(tmp_path, capsys):
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=T)).save_pretrained(tmp_path / "stock")
+    (tmp_path / "stock" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "stock"), "--num-samples", "0", "--nll-images", "2", "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "unet' has no safetensors weights (diffusion_pytorch_model.safetensors" in capsys.readouterr().err
+
+
+def test_evaluate_shows_one_progress_bar_over_all_samples(saved_pipeline, cache_dir, capsys):
+    assert main([str(saved_pipeline), "--num-samples", "6", "--nll-images", "0", "--batch-size", "4",
+                 "--num-inference-steps", "2", "--classifier-cache-dir", str(cache_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "6.0/6 images" in err and "images/s" in err
+
+
+def test_evaluate_pipeline_refuses_bad_values(saved_pipeline):
     pipeline = ScratchDDPMPipeline.from_pretrained(saved_pipeline)
     with pytest.raises(ValueError, match="nll_images must be in"):
         evaluate_pipeline(pipeline, nll_images=1000, num_samples=0, progress=False)

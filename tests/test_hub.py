@@ -26,7 +26,8 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load as load_safetensors
 
-from ddpm_from_scratch.model_card import ModelCardInfo, redact_secrets
+from ddpm_from_scratch.hub_upload import uploadable_files
+from ddpm_from_scratch.model_card import GENERATED_END, GENERATED_START, ModelCardInfo, redact_secrets
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 from ddpm_from_scratch.remote_code import CodeLayoutError
 
@@ -41,6 +42,7 @@ EXPECTED_FILES = {
     "sample_grid.png",
     "unet/config.json",
     "unet/diffusion_pytorch_model.safetensors",
+    "unet/diffusion_pytorch_model.safetensors.sha256",
     "unet/unet.py",
     "scheduler/scheduler_config.json",
     "scheduler/scheduler.py",
@@ -91,7 +93,8 @@ def test_push_uploads_the_saved_pipeline_and_a_model_card(pipeline, hub, caplog,
     )
     repo = "test-user/tiny-ddpm"
     assert info.oid == hub.commit_oid(repo)
-    assert [name for _, name, _ in hub.calls] == ["create_repo", "validate_yaml", "preupload", "commit"]
+    # create, list the repo's files (a README to keep? stale weights?), then one commit
+    assert [name for _, name, _ in hub.calls] == ["create_repo", "tree", "validate_yaml", "preupload", "commit"]
     assert hub.unexpected == []
     assert hub.repo_payloads == [{"name": "tiny-ddpm", "organization": None, "visibility": "private"}]
     assert hub.commit_headers[0]["summary"] == "first model"
@@ -114,6 +117,12 @@ def test_push_uploads_the_saved_pipeline_and_a_model_card(pipeline, hub, caplog,
     assert "class_labels=[0] * 16, guidance_scale=2.0" in card.text  # the model is class-conditional
     assert '"learning_rate": 0.0002' in card.text and '"hub_token": "<redacted>"' in card.text
     assert "| fid | 12.35 |" in card.text and "| bits_per_dim | 3.7 |" in card.text
+    # the metrics reach the Hub's model index as evaluation results
+    assert card.data.model_name == repo
+    assert [(r.metric_type, r.metric_value, r.dataset_type, r.task_type) for r in card.data.eval_results] == [
+        ("fid", 12.3456, "sklearn-digits", "unconditional-image-generation"),
+        ("bits_per_dim", 3.7, "sklearn-digits", "unconditional-image-generation"),
+    ]
     assert "![Samples from this model](sample_grid.png)" in card.text
 
     for path, content in uploaded.items():
@@ -215,3 +224,75 @@ def test_a_model_whose_module_imports_siblings_is_refused_before_creating_the_re
         pipe.save_pretrained(tmp_path / "local")
     assert (tmp_path / "local" / "unet" / "helper.py").is_file()
     assert "imports sibling modules ['helper.py']" in caplog.text
+
+
+# ---- pushing again to an existing repo ----------------------------------------------------------------
+
+
+def edit_card(text: str) -> str:
+    """What a user does on the Hub: a paragraph above the generated section, one below, a license and language."""
+    text = text.replace("license: apache-2.0", "license: mit\nlanguage:\n- en")
+    text = text.replace(GENERATED_START, "# My digits model\n\nTrained on my laptop.\n\n" + GENERATED_START)
+    return text.replace(GENERATED_END, GENERATED_END + "\n\n## Citation\n\nPlease cite me.")
+
+
+@pytest.mark.parametrize("second_card", ["new metrics", "no card"])
+def test_a_second_push_keeps_the_text_and_metadata_the_user_wrote(pipeline, hub, second_card):
+    pipeline.push_to_hub("kept", token=TOKEN, model_card=card_info(), endpoint=hub.endpoint)
+    repo = "test-user/kept"
+    edited = edit_card(hub.files[repo]["README.md"].decode())
+    hub.files[repo]["README.md"] = edited.encode()
+
+    info = ModelCardInfo(dataset="sklearn-digits", metrics={"fid": 5.0}, tags=["retrained"])
+    pipeline.push_to_hub("kept", token=TOKEN, model_card=info if second_card == "new metrics" else None,
+                         endpoint=hub.endpoint)
+    text = hub.files[repo]["README.md"].decode()
+    if second_card == "no card":
+        assert text == edited  # no card given: the repo's card is left as it is
+        return
+    card = ModelCard(text)
+    assert card.text.startswith("\n# My digits model\n\nTrained on my laptop.\n\n" + GENERATED_START)
+    assert card.text.rstrip().endswith(GENERATED_END + "\n\n## Citation\n\nPlease cite me.")
+    assert "| fid | 5 |" in card.text and "12.35" not in card.text  # the generated section is new
+    assert card.data.license == "mit" and card.data.language == ["en"]  # the user's metadata stays
+    assert {"digits", "retrained", "ddpm"} <= set(card.data.tags)  # tags are merged
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("fid", 5.0)]
+
+
+def test_a_variant_is_pushed_beside_the_weights_and_stale_shards_are_deleted(pipeline, hub):
+    pipeline.push_to_hub("variants", token=TOKEN, endpoint=hub.endpoint, max_shard_size="20KB")
+    repo = "test-user/variants"
+    shards = sorted(name for name in hub.files[repo] if name.startswith("unet/diffusion_pytorch_model-"))
+    assert len(shards) > 2  # shards and their .sha256
+
+    pipeline.push_to_hub("variants", token=TOKEN, endpoint=hub.endpoint, variant="fp16")
+    assert {"unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors.sha256",
+            *shards} <= set(hub.files[repo])  # other variants' weights stay
+    assert hub.deleted == []
+
+    pipeline.push_to_hub("variants", token=TOKEN, endpoint=hub.endpoint)  # unsharded main weights again
+    assert sorted(hub.deleted) == sorted([*shards, "unet/diffusion_pytorch_model.safetensors.index.json",
+                                          "unet/diffusion_pytorch_model.safetensors.index.json.sha256"])
+    weights = {name for name in hub.files[repo] if name.startswith("unet/diffusion_pytorch_model")}
+    assert weights == {
+        "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors.sha256",
+        "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors.sha256",
+    }
+    loaded = ScratchDDPMPipeline.from_pretrained(repo, endpoint=hub.endpoint, variant="fp16")
+    for key, value in pipeline.unet.state_dict().items():
+        torch.testing.assert_close(loaded.unet.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_only_the_pipeline_files_are_chosen_for_upload(tmp_path):
+    for name in ["model_index.json", "README.md", "pipeline.py", "unet/config.json", "unet/unet.py",
+                 "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors.sha256",
+                 "scheduler/scheduler_config.json",
+                 # not part of a saved pipeline
+                 ".saving-x/model_index.json", "unet/.cache/huggingface/x.lock", "__pycache__/pipeline.cpython-311.pyc",
+                 "checkpoints/checkpoint-1/optimizer.bin", "unet/diffusion_pytorch_model.bin", "notes.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert [p.relative_to(tmp_path).as_posix() for p in uploadable_files(tmp_path)] == [
+        "README.md", "model_index.json", "pipeline.py", "scheduler/scheduler_config.json", "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors.sha256", "unet/unet.py",
+    ]

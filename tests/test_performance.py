@@ -32,7 +32,9 @@ from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 
 STEPS = 4
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def needs_cuda(test):
+    """Marked `cuda` (`pytest -m cuda` selects it, as benchmarks/gpu_check.py does) and skipped without a GPU."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
 def make_pipeline(unet=None, scheduler=None) -> ScratchDDPMPipeline:
@@ -239,6 +241,32 @@ def test_cuda_graph_gives_the_eager_images_on_cuda(compile_kwargs):
     expected = images(pipeline, generator.manual_seed(0), steps=10)
     pipeline.enable_fast_sampling(cuda_graph=True, compile=compile_kwargs or False)
     torch.testing.assert_close(images(pipeline, generator.manual_seed(0), steps=10), expected, rtol=0, atol=1e-4)
+
+
+@needs_cuda
+def test_a_step_end_callback_runs_between_cuda_graph_replays_and_keeps_its_copies():
+    pipeline = make_pipeline().to("cuda")
+    generator = torch.Generator("cuda")
+
+    def run(callback=None) -> torch.Tensor:
+        return images(pipeline, generator.manual_seed(0), steps=6, callback_on_step_end=callback)
+
+    def collect_and_zero_image_0(pipe, i, t, callback_kwargs):
+        kept.append(callback_kwargs["latents"])  # kept without a copy: must not be overwritten by later replays
+        latents = callback_kwargs["latents"].clone()
+        latents[0] = 0.0
+        return {"latents": latents}
+
+    kept = []
+    eager = run(collect_and_zero_image_0)
+    eager_kept = [latents.clone() for latents in kept]
+    kept.clear()
+    pipeline.enable_fast_sampling(cuda_graph=True)
+    graphed = run(collect_and_zero_image_0)
+    torch.testing.assert_close(graphed, eager, rtol=0, atol=1e-4)
+    assert len(kept) == 6 and len({latents.data_ptr() for latents in kept}) == 6
+    for mine, reference in zip(kept, eager_kept):
+        torch.testing.assert_close(mine, reference, rtol=0, atol=1e-4)
 
 
 @needs_cuda

@@ -255,3 +255,102 @@ def test_bad_arguments_raise_value_errors(make_scheduler, kwargs, match):
 def test_bad_class_labels_and_guidance_raise_value_errors(conditional_pipeline, kwargs, match):
     with pytest.raises(ValueError, match=match):
         conditional_pipeline(batch_size=2, num_inference_steps=STEPS, **kwargs)
+
+
+# ---- callback_on_step_end (diffusers' pipeline convention) ------------------------------------------
+
+
+SCHEDULERS = {"scratch (sync-free loop)": scratch_scheduler, "diffusers DDPM (plain loop)": ddpm_scheduler}
+
+
+@pytest.mark.parametrize("make_scheduler", list(SCHEDULERS.values()), ids=list(SCHEDULERS))
+@pytest.mark.parametrize("fast", [None, "bf16 autocast"])
+def test_a_callback_sees_every_step_and_can_replace_the_latents(make_scheduler, fast):
+    pipeline = make_pipeline(tiny_scratch_unet(), make_scheduler())
+    if fast:
+        pipeline.enable_fast_sampling(autocast_dtype=torch.bfloat16)
+    plain = pipeline(batch_size=2, generator=seeded(0), num_inference_steps=STEPS, output_type="np").images
+    seen = []
+
+    def record(pipe, i, t, callback_kwargs):
+        assert pipe is pipeline and set(callback_kwargs) == {"latents"}
+        seen.append((i, int(t), callback_kwargs["latents"].clone()))
+        return callback_kwargs
+
+    observed = pipeline(batch_size=2, generator=seeded(0), num_inference_steps=STEPS, output_type="np",
+                        callback_on_step_end=record).images
+    np.testing.assert_array_equal(observed, plain)  # returning the latents unchanged changes nothing
+    assert [i for i, _, _ in seen] == list(range(STEPS))
+    assert [t for _, t, _ in seen] == pipeline.scheduler.timesteps.tolist()
+    np.testing.assert_allclose(((seen[-1][2] / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).numpy(), plain, atol=1e-6)
+
+    def zero_first_image(pipe, i, t, callback_kwargs):
+        latents = callback_kwargs["latents"].clone()
+        if i == STEPS - 1:
+            latents[0] = 0.0
+        return {"latents": latents}
+
+    replaced = pipeline(batch_size=2, generator=seeded(0), num_inference_steps=STEPS, output_type="np",
+                        callback_on_step_end=zero_first_image, callback_on_step_end_tensor_inputs=["latents"]).images
+    assert np.all(replaced[0] == 0.5) and np.array_equal(replaced[1], plain[1])  # x_0 = 0 is mid-grey
+
+
+def test_a_diffusers_pipeline_callback_brings_its_tensor_inputs():
+    from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+    class CountSteps(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            calls.append(step_index)
+            return callback_kwargs
+
+    class NeedsPromptEmbeds(CountSteps):
+        tensor_inputs = ["prompt_embeds"]
+
+    calls = []
+    pipeline = make_pipeline(tiny_scratch_unet(), scratch_scheduler())
+    pipeline(num_inference_steps=STEPS, callback_on_step_end=MultiPipelineCallbacks([CountSteps(), CountSteps()]))
+    assert calls == [0, 0, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match=r"callback_on_step_end_tensor_inputs must be a list of names in \['latents'\]"):
+        pipeline(num_inference_steps=STEPS, callback_on_step_end=NeedsPromptEmbeds())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(callback_on_step_end="not callable"), "callback_on_step_end must be None or a callable"),
+        (dict(callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["prompt_embeds"]),
+         "callback_on_step_end_tensor_inputs must be a list of names in"),
+        (dict(callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs="latents"),
+         "callback_on_step_end_tensor_inputs must be a list"),
+        (dict(callback_on_step_end=lambda *a: None), "callback_on_step_end must return a dict"),
+        (dict(callback_on_step_end=lambda *a: {"latents": torch.zeros(1, 1, 4, 4)}), "sample's shape"),
+    ],
+)
+def test_bad_callbacks_raise_value_errors(kwargs, match):
+    pipeline = make_pipeline(tiny_scratch_unet(), scratch_scheduler())
+    with pytest.raises(ValueError, match=match):
+        pipeline(num_inference_steps=STEPS, **kwargs)
+
+
+# ---- images that are not numbers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [{0: float("nan")}, {1: float("inf"), 2: float("-inf")}, {}])
+def test_non_finite_images_are_reported_in_a_warning(bad, caplog):
+    pipeline = make_pipeline(tiny_scratch_unet(), scratch_scheduler())
+
+    def poison(pipe, i, t, callback_kwargs):
+        latents = callback_kwargs["latents"]
+        for index, value in bad.items():
+            latents[index, 0, 0, 0] = value
+        return callback_kwargs
+
+    with caplog.at_level("WARNING", logger="ddpm_from_scratch.pipeline"):
+        pipeline(batch_size=3, num_inference_steps=STEPS, callback_on_step_end=poison, output_type="np")
+    if bad:
+        indices = ", ".join(str(i) for i in sorted(bad))
+        assert f"{len(bad)} of 3 sampled images contain NaN or inf values (images {indices})" in caplog.text
+    else:
+        assert "NaN" not in caplog.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from PIL import Image
 
 from ddpm_from_scratch.image_utils import make_image_grid, save_image_atomic, uint8_to_model_range, unit_range_to_uint8
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
+from ddpm_from_scratch.cli.args import resolve_device
 from ddpm_from_scratch.cli.sample import main
 
 
@@ -45,7 +48,8 @@ def test_writes_a_padded_grid_with_a_progress_bar(saved, tmp_path, capsys):
     args = [str(saved), "--num-images", "5", "--out", str(out), "--num-inference-steps", "2", "--device", "cpu"]
     assert main([*args, "--batch-size", "2", "--scale", "1"]) == 0
     captured = capsys.readouterr()
-    assert "batch 3/3" in captured.err and "2/2" in captured.err  # diffusers' progress bar, per batch
+    # one bar over all 5 images (not one per batch of 2), with the rate in images/s
+    assert "5.0/5 images" in captured.err and "images/s" in captured.err and captured.err.count("\n") == 1
     assert f"wrote {out}" in captured.out
     grid = Image.open(out)
     assert grid.mode == "L" and grid.size == (3 * 8, 2 * 8)  # ceil(sqrt(5)) = 3 columns, 2 rows
@@ -67,28 +71,123 @@ def test_default_scale_ddim_and_class_labels(saved_conditional, tmp_path):
     assert Image.open(out).size == (3 * 32, 2 * 32)  # 8x8 images enlarged 4x by default
 
 
-@pytest.mark.parametrize(
-    "extra, message",
-    [
-        (["--class-label", "1"], "unconditional"),
-        (["--num-inference-steps", "1000"], "num_inference_steps"),
-        (["--out", "grid.unknownformat"], "image format"),
-    ],
-)
-def test_bad_requests_exit_with_a_message(saved, tmp_path, capsys, extra, message):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(saved), "--num-images", "1", "--num-inference-steps", "1", "--out", str(tmp_path / "g.png"), *extra])
-    assert exit_info.value.code == 1
-    assert message in capsys.readouterr().err
+def test_no_progress_hides_the_bar(saved, tmp_path, capsys):
+    argv = [str(saved), "--num-images", "3", "--out", str(tmp_path / "g.png"), "--num-inference-steps", "2"]
+    assert main([*argv, "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
 
 
-def test_missing_folder_and_bad_arguments(tmp_path, capsys):
+def _a_file(tmp_path):
+    (tmp_path / "file").write_text("")
+    return tmp_path / "file"
+
+
+def _read_only_folder(tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder
+
+
+MISTAKES = {
+    "missing folder": (lambda saved, tmp: [str(tmp / "nowhere")], "folder '{tmp}/nowhere' does not exist"),
+    "missing relative folder": (lambda saved, tmp: ["missing-folder"], "folder 'missing-folder' does not exist"),
+    "not a model folder": (lambda saved, tmp: [str(tmp)], "model_index.json"),
+    "unconditional model with a class": (lambda saved, tmp: [str(saved), "--class-label", "1"], "unconditional"),
+    "too many steps": (lambda saved, tmp: [str(saved), "--num-inference-steps", "1000"], "num_inference_steps=1000"),
+    "unknown image format": (lambda saved, tmp: [str(saved), "--out", "grid.unknownformat"],
+                             "--out 'grid.unknownformat': the file name must end in one of"),
+    "out is a folder": (lambda saved, tmp: [str(saved), "--out", str(tmp)], "--out '{tmp}' is a folder"),
+    "out under a file": (lambda saved, tmp: [str(saved), "--out", str(_a_file(tmp) / "g.png")], "is a file, not a folder"),
+    "unavailable device": (lambda saved, tmp: [str(saved), "--device", "cuda:7"], "--device 'cuda:7'"),
+    "unknown device": (lambda saved, tmp: [str(saved), "--device", "gpu"], "--device 'gpu' is not a torch device"),
+    "num images 0": (lambda saved, tmp: [str(saved), "--num-images", "0"], "--num-images: must be an integer >= 1"),
+}
+if os.geteuid() != 0:  # root may write anywhere
+    MISTAKES["out in a read-only folder"] = (
+        lambda saved, tmp: [str(saved), "--out", str(_read_only_folder(tmp) / "g.png")], "permission denied"
+    )
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_mistakes_are_one_error_line_and_exit_status_2_before_sampling(saved, tmp_path, capsys, monkeypatch, mistake):
+    make_argv, message = MISTAKES[mistake]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("ddpm_from_scratch.cli.sample.sample_with_image_seeds",
+                        lambda *a, **k: pytest.fail("sampling started before the mistake was reported"))
+    argv = make_argv(saved, tmp_path)
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "g.png")]
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "nowhere" / "pipe"), "--out", str(tmp_path / "g.png")])
-    assert exit_info.value.code == 1 and "does not exist" in capsys.readouterr().err
+        main([*argv, "--num-inference-steps", "1"] if "--num-inference-steps" not in argv else argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    error_lines = [line for line in err.splitlines() if line.startswith("ddpm-sample: error: ")]
+    assert len(error_lines) == 1 and "Traceback" not in err, err
+    assert message.format(tmp=tmp_path) in error_lines[0]
+    assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error():
+    with pytest.raises(ValueError, match="--device 'cuda': CUDA is not available here"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+
+
+def test_a_write_error_names_the_path_the_user_gave(saved, tmp_path, capsys, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / ".g.png.abc123.tmp"))
+
+    monkeypatch.setattr("ddpm_from_scratch.cli.sample.save_image_atomic", disk_full)
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path), "--num-images", "0"])
-    assert exit_info.value.code == 2 and "--num-images" in capsys.readouterr().err
+        main([str(saved), "--num-images", "1", "--num-inference-steps", "1", "--out", str(tmp_path / "g.png")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"could not write --out '{tmp_path / 'g.png'}': No space left on device" in err and ".tmp" not in err
+
+
+def test_a_training_checkpoint_folder_is_sampled_from_its_ema_weights(tmp_path):
+    raw, ema = tiny_scratch_unet(seed=1), tiny_scratch_unet(seed=2)
+    checkpoint = tmp_path / "checkpoint-5"
+    raw.save_pretrained(checkpoint / "unet")
+    ema.save_pretrained(checkpoint / "unet_ema")
+    scratch_scheduler().save_pretrained(checkpoint / "scheduler")
+    (checkpoint / "training_state.json").write_text("{}")
+    argv = ["--num-images", "3", "--num-inference-steps", "2", "--scale", "1", "--no-progress"]
+    assert main([str(checkpoint), "--out", str(tmp_path / "ckpt.png"), *argv]) == 0
+    pipeline_folder = tmp_path / "ema-pipeline"
+    ScratchDDPMPipeline(unet=ema, scheduler=scratch_scheduler()).save_pretrained(pipeline_folder)
+    assert main([str(pipeline_folder), "--out", str(tmp_path / "ema.png"), *argv]) == 0
+    np.testing.assert_array_equal(read(tmp_path / "ckpt.png"), read(tmp_path / "ema.png"))
+
+
+# ---- one sampling path: the pipeline with per-image generators, ddpm-sample, ddpm-evaluate ----------------
+
+
+@pytest.mark.parametrize("variance_type", ["saved", "fixed_large"])
+def test_pipeline_ddpm_sample_and_ddpm_evaluate_give_the_same_images(saved, tmp_path, variance_type):
+    from ddpm_from_scratch.cli.args import override_variance_type
+    from ddpm_from_scratch.digits.evaluation import sample_digits
+
+    count, steps, seed = 5, 3, 11
+    pipeline = ScratchDDPMPipeline.from_pretrained(saved)
+    pipeline.set_progress_bar_config(disable=True)
+    override_variance_type(pipeline, variance_type)
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(count)]
+    direct = unit_range_to_uint8(
+        pipeline(batch_size=count, generator=generators, num_inference_steps=steps, output_type="np").images[..., 0]
+    )
+
+    out = tmp_path / "row.png"
+    assert main([str(saved), "--num-images", str(count), "--num-inference-steps", str(steps), "--seed", str(seed),
+                 "--variance-type", variance_type, "--batch-size", "2", "--cols", str(count), "--scale", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    from_cli = read(out).reshape(8, count, 8).transpose(1, 0, 2)  # one row of 8x8 cells -> (count, 8, 8)
+    from_evaluate = sample_digits(pipeline, count, num_inference_steps=steps, batch_size=3, seed=seed)
+
+    np.testing.assert_array_equal(from_cli, direct)
+    np.testing.assert_array_equal(from_evaluate, direct)
 
 
 # ---- make_image_grid --------------------------------------------------------------------------------

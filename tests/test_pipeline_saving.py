@@ -3,7 +3,10 @@ safetensors only, and clear errors for broken folders."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -24,12 +27,13 @@ from diffusers import DDIMScheduler, DDPMPipeline, DiffusionPipeline
 from safetensors.torch import load_file
 
 import ddpm_from_scratch
-from ddpm_from_scratch.model_card import ModelCardInfo
+from ddpm_from_scratch.model_card import GENERATED_START, ModelCardInfo
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 from ddpm_from_scratch.pipeline_folder import is_hub_repo_id
 from ddpm_from_scratch.remote_code import CodeLayoutError, code_closure, relative_imports
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 from ddpm_from_scratch.unet import ScratchUNet2DModel
+from ddpm_from_scratch.weights_integrity import WeightsChecksumError
 
 PACKAGE_DIR = Path(ddpm_from_scratch.__file__).parent
 STEPS = 3
@@ -95,6 +99,7 @@ def test_layout_is_diffusers_custom_code_layout(saved):
         "README.md",
         "unet/config.json",
         "unet/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors.sha256",
         "scheduler/scheduler_config.json",
     }
     index = json.loads((saved / "model_index.json").read_text())
@@ -208,14 +213,26 @@ def test_hub_repo_ids_are_namespace_slash_name(name, is_repo):
     assert is_hub_repo_id(name) is is_repo
 
 
-def test_a_missing_local_folder_is_a_file_not_found_error_naming_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "name", ["{tmp}/nowhere", "nowhere", "outputs/nowhere", "./outputs/nowhere", "runs/nowhere"]
+)
+def test_a_missing_local_folder_is_a_file_not_found_error_naming_it(name, tmp_path, monkeypatch):
+    # "runs/nowhere" reads as a Hub repo id; offline its download fails, and the error still says the
+    # folder does not exist (not only a Hub cache message)
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outputs").mkdir()
-    for name in (str(tmp_path / "nowhere"), "nowhere", "outputs/nowhere", "./outputs/nowhere"):
-        with pytest.raises(FileNotFoundError, match=f"{name.lstrip('./')}.*does not exist"):
-            ScratchDDPMPipeline.from_pretrained(name)
+    name = name.format(tmp=tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"folder '{re.escape(name)}' does not exist"):
+        ScratchDDPMPipeline.from_pretrained(name)
+
+
+def test_a_file_is_not_a_pipeline_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(FileNotFoundError, match="a_file.*not a folder"):
+    with pytest.raises(NotADirectoryError, match="'a_file' is a file, not a pipeline folder"):
         ScratchDDPMPipeline.from_pretrained("a_file")
 
 
@@ -246,13 +263,16 @@ def test_saving_into_a_used_folder_keeps_other_files_and_drops_stale_weights(ori
     assert {p.name for p in (target / "unet").iterdir()} == {
         "config.json",
         "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.safetensors.sha256",
         "unet.py",
     }
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left behind
     ScratchDDPMPipeline.from_pretrained(target)
 
     original.save_pretrained(target, model_card=ModelCardInfo(dataset="digits"))
-    assert "digits" in (target / "README.md").read_text()
+    card = (target / "README.md").read_text()
+    assert "- digits" in card  # the generated section and metadata are added after the user's text
+    assert card.index("my own notes") < card.index(GENERATED_START)
 
 
 def test_a_variant_is_saved_next_to_the_main_weights_and_loaded_by_name(original, saved_copy):
@@ -299,6 +319,13 @@ def _write_json(path: Path, **changes) -> None:
     path.write_text(json.dumps(data))
 
 
+def _flip_last_byte(path: Path) -> None:
+    """Change the last byte of the file: inside the last tensor's data, which safetensors never checks."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
 def _drop_key(path: Path, key: str) -> None:
     data = json.loads(path.read_text())
     del data[key]
@@ -328,7 +355,17 @@ BREAKAGES = {
     "no weights": (
         lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors").unlink(),
         FileNotFoundError,
-        r"unet/diffusion_pytorch_model\.safetensors",
+        r"unet' has no safetensors weights \(diffusion_pytorch_model\.safetensors",
+    ),
+    "a byte of a tensor changed": (
+        lambda f: _flip_last_byte(f / "unet" / "diffusion_pytorch_model.safetensors"),
+        WeightsChecksumError,
+        r"unet/diffusion_pytorch_model\.safetensors' is corrupted: its SHA-256 is",
+    ),
+    "malformed checksum file": (
+        lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors.sha256").write_text("not a digest\n"),
+        WeightsChecksumError,
+        r"unet/diffusion_pytorch_model\.safetensors\.sha256' does not hold a SHA-256",
     ),
     "garbage weights": (
         lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00garbage" * 10),
@@ -413,3 +450,141 @@ def test_closure_follows_single_dot_imports_and_what_diffusers_reads_in_text(tmp
     (tmp_path / "m.py").write_text('"""Example:\nfrom .ghost import thing\n"""\n')
     with pytest.raises(CodeLayoutError, match="ghost"):
         code_closure(tmp_path / "m.py", "pkg")
+
+
+# ---- checksums of the weights ----------------------------------------------------------------------------------
+
+
+def test_every_weights_file_has_a_sha256sum_file_beside_it(saved):
+    weights = saved / "unet" / "diffusion_pytorch_model.safetensors"
+    line = (saved / "unet" / "diffusion_pytorch_model.safetensors.sha256").read_text()
+    assert line == f"{hashlib.sha256(weights.read_bytes()).hexdigest()}  diffusion_pytorch_model.safetensors\n"
+    assert sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*.sha256")) == [
+        "unet/diffusion_pytorch_model.safetensors.sha256"  # the scheduler has no weights
+    ]
+
+
+def test_a_variant_and_shards_get_their_own_checksums_and_verify(original, saved_copy, caplog):
+    original.save_pretrained(saved_copy, variant="fp16", max_shard_size="20KB")
+    unet = saved_copy / "unet"
+    shards = sorted(p.name for p in unet.glob("diffusion_pytorch_model.fp16-*.safetensors"))
+    assert len(shards) > 1
+    for name in [*shards, "diffusion_pytorch_model.safetensors.index.fp16.json", "diffusion_pytorch_model.safetensors"]:
+        assert (unet / f"{name}.sha256").is_file(), name
+    with caplog.at_level(logging.WARNING):
+        ScratchDDPMPipeline.from_pretrained(saved_copy, variant="fp16")
+    assert "no SHA-256 recorded" not in caplog.text
+    _flip_last_byte(unet / shards[-1])
+    with pytest.raises(WeightsChecksumError, match=re.escape(shards[-1]) + "' is corrupted"):
+        ScratchDDPMPipeline.from_pretrained(saved_copy, variant="fp16")
+
+
+def test_a_folder_without_checksums_loads_with_a_warning(saved_copy, expected_images, caplog):
+    (saved_copy / "unet" / "diffusion_pytorch_model.safetensors.sha256").unlink()
+    with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.pipeline_folder"):
+        loaded = ScratchDDPMPipeline.from_pretrained(saved_copy)
+    assert "diffusion_pytorch_model.safetensors': no SHA-256 recorded" in caplog.text
+    assert "loaded without verifying" in caplog.text
+    np.testing.assert_array_equal(sample(loaded), expected_images)
+
+
+# ---- loading keywords ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def model_loading_kwargs(monkeypatch):
+    """Record what ScratchUNet2DModel.from_pretrained receives."""
+    received = []
+    real = ScratchUNet2DModel.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        received.append(kwargs)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(ScratchUNet2DModel, "from_pretrained", classmethod(spy))
+    return received
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"torch_dtype": torch.float64},
+        {"dtype": torch.float64},
+        {"device_map": "cpu"},
+        {"low_cpu_mem_usage": False},
+        {"low_cpu_mem_usage": True, "device_map": "cpu", "disable_mmap": True},
+        {"ignore_mismatched_sizes": False, "max_memory": None},
+    ],
+    ids=lambda kwargs: ",".join(kwargs),
+)
+def test_model_loading_keywords_are_passed_to_the_models(saved, model_loading_kwargs, kwargs):
+    loaded = ScratchDDPMPipeline.from_pretrained(saved, trust_remote_code=True, **kwargs)
+    assert model_loading_kwargs == [{"use_safetensors": True, **kwargs}]
+    expected_dtype = kwargs.get("torch_dtype", kwargs.get("dtype", torch.float32))
+    assert loaded.unet.dtype == expected_dtype and loaded.device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"use_safetensors": False}, "use_safetensors=False is not supported.*safetensors only"),
+        ({"use_onnx": True}, "use_onnx=True is not supported.*no ONNX weights"),
+        ({"custom_pipeline": "my_pipe"}, "custom_pipeline='my_pipe'.*trust_remote_code=True"),
+        ({"proxies": {"https": "http://proxy"}}, "proxies=.*HTTPS_PROXY"),
+        ({"output_loading_info": True}, "output_loading_info=True.*returns the pipeline only"),
+        ({"not_an_option": 1}, r"unexpected keyword arguments \['not_an_option'\]; allowed: .*device_map"),
+    ],
+)
+def test_loading_keywords_that_cannot_apply_are_refused_saying_why(saved, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ScratchDDPMPipeline.from_pretrained(saved, **kwargs)
+
+
+def test_harmless_defaults_of_refused_keywords_are_accepted(saved):
+    ScratchDDPMPipeline.from_pretrained(saved, use_safetensors=True, use_onnx=False, custom_pipeline=None, proxies=None)
+
+
+# ---- training checkpoint folders --------------------------------------------------------------------------------
+
+
+def make_checkpoint(folder: Path, raw: ScratchUNet2DModel, ema: ScratchUNet2DModel | None, manifest: bool) -> Path:
+    """A checkpoint-N folder as the trainer writes it (docs/training.md): unet/, unet_ema/, scheduler/, state."""
+    raw.save_pretrained(folder / "unet")
+    if ema is not None:
+        ema.save_pretrained(folder / "unet_ema")
+    scratch_scheduler().save_pretrained(folder / "scheduler")
+    (folder / "training_state.json").write_text(json.dumps({"step": 7}))
+    if manifest:
+        files = {
+            p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+            for p in sorted(folder.rglob("*")) if p.is_file()
+        }
+        (folder / "manifest.json").write_text(json.dumps({"format": 1, "files": files}))
+    return folder
+
+
+@pytest.mark.parametrize("with_ema", [True, False], ids=["ema", "no-ema"])
+def test_a_training_checkpoint_loads_its_ema_weights_else_the_raw_ones(tmp_path, with_ema, caplog):
+    raw, ema = tiny_scratch_unet(num_class_embeds=3, seed=1), tiny_scratch_unet(num_class_embeds=3, seed=2)
+    folder = make_checkpoint(tmp_path / "checkpoint-7", raw, ema if with_ema else None, manifest=True)
+    with caplog.at_level(logging.WARNING):
+        loaded = ScratchDDPMPipeline.from_pretrained(folder)
+    assert "no SHA-256 recorded" not in caplog.text  # verified against manifest.json
+    assert type(loaded.scheduler) is ScratchDDPMScheduler
+    expected = (ema if with_ema else raw).state_dict()
+    for key, value in loaded.unet.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
+    np.testing.assert_array_equal(
+        sample(loaded), sample(ScratchDDPMPipeline(unet=ema if with_ema else raw, scheduler=scratch_scheduler()))
+    )
+
+
+def test_a_damaged_checkpoint_is_refused_and_one_without_manifest_warns(tmp_path, caplog):
+    folder = make_checkpoint(tmp_path / "checkpoint-7", tiny_scratch_unet(), tiny_scratch_unet(seed=3), manifest=True)
+    _flip_last_byte(folder / "unet_ema" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(WeightsChecksumError, match=r"unet_ema/diffusion_pytorch_model\.safetensors' is corrupted"):
+        ScratchDDPMPipeline.from_pretrained(folder)
+    (folder / "manifest.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.pipeline_folder"):
+        ScratchDDPMPipeline.from_pretrained(folder)
+    assert "unet_ema/diffusion_pytorch_model.safetensors': no SHA-256 recorded" in caplog.text

@@ -33,8 +33,14 @@ CLIPPING = {
 }
 
 
+# Gamma_t for the analytic variance: values in [0, 1.3], so that both clipping bounds (A2) are hit somewhere
+EPS_SQ_MEAN = (0.65 + 0.65 * torch.sin(torch.arange(1000, dtype=F64) / 37.0)).tolist()
+
+
 def make_scheduler(variance_type, prediction_type, clipping, num_inference_steps=None):
-    sched = ScratchDDPMScheduler(variance_type=variance_type, prediction_type=prediction_type, **CLIPPING[clipping])
+    analytic = dict(analytic_eps_sq_mean=EPS_SQ_MEAN) if variance_type == "analytic" else {}
+    sched = ScratchDDPMScheduler(variance_type=variance_type, prediction_type=prediction_type,
+                                 **CLIPPING[clipping], **analytic)
     if num_inference_steps is not None:
         sched.set_timesteps(num_inference_steps)
     return sched
@@ -71,7 +77,11 @@ def reference_step(sched, out, x, t):
         x0 = x0.clamp(-1, 1)
     mean = math.sqrt(a_s) * beta / (1 - a_t) * x0 + math.sqrt(1 - beta) * (1 - a_s) / (1 - a_t) * x
     beta_tilde = (1 - a_s) / (1 - a_t) * beta  # E3 corrected
+    # A1 (Analytic-DPM Theorem 1) clipped to A2 (Theorem 2, data in [-1, 1])
+    optimal = beta_tilde + beta**2 / ((1 - beta) * (1 - a_t)) * (1 - EPS_SQ_MEAN[t])
+    analytic = min(max(optimal, beta_tilde), beta_tilde + a_s * beta**2 / (1 - a_t) ** 2)
     variance = {
+        "analytic": analytic,
         "fixed_small": beta_tilde,
         "fixed_small_log": beta_tilde,
         "fixed_large": beta,
@@ -173,5 +183,5 @@ def test_one_check_that_a_learned_variance_has_2c_channels(variance_type):
         vlb_term(x, sched, x, x, torch.full((B,), 10))
     with pytest.raises(ValueError, match=r"model_output has 3 channels; expected 2 \(the sample's\) or 4"):
         split_model_output(torch.zeros(B, 3, 3, 3), x, variance_type)
-    mean_part, variance_part = split_model_output(torch.arange(4.0).reshape(1, 4, 1, 1), x[:1], variance_type)
+    mean_part, variance_part = split_model_output(torch.arange(4.0).reshape(1, 4, 1, 1), x[:1, :, :1, :1], variance_type)
     assert mean_part.flatten().tolist() == [0.0, 1.0] and variance_part.flatten().tolist() == [2.0, 3.0]

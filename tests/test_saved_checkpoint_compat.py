@@ -34,7 +34,9 @@ def resumed(tmp_path_factory):
         "--train_batch_size", "8", "--learning_rate", "1e-3", "--lr_warmup_steps", "1", "--seed", "0",
         "--max_train_steps", str(SAVED_STEPS + MORE_STEPS), "--resume_from_checkpoint", "latest",
     ]
-    result = check_ok(run_train(args, patches=["--digits-unet-config", str(FIXTURE / "unet_config.json")]))
+    # --forbid-unsafe-loads: torch.load without weights_only=True, or any pickle.load, fails the run
+    result = check_ok(run_train(args, patches=["--forbid-unsafe-loads", "--digits-unet-config",
+                                               str(FIXTURE / "unet_config.json")]))
     return out, result
 
 
@@ -45,6 +47,7 @@ def test_the_fixture_verifies():
 def test_a_0_1_0_checkpoint_resumes_where_it_stopped(resumed):
     out, result = resumed
     assert f"checkpoint-{SAVED_STEPS} at update {SAVED_STEPS}" in result.stderr
+    assert "WARNING" not in result.stderr  # the RNG states of its pickles were restored too
     assert "data layout" not in result.stderr  # same batch size, processes and dataset: the same data order
     final = out / "checkpoints" / f"checkpoint-{SAVED_STEPS + MORE_STEPS}"
     assert ckpt.verify_checkpoint(final) == []

@@ -193,8 +193,12 @@ def test_from_config_both_directions_and_save_load(tmp_path):
     ours = ScratchDDPMScheduler.from_config(ref.config)
     back = DDPMScheduler.from_config(ours.config)
     for key in DDPMScheduler().config:
+        if key == "_use_default_values":  # ours also lists its own default analytic_eps_sq_mean
+            assert set(ours.config[key]) - {"analytic_eps_sq_mean"} == set(ref.config[key]) == set(back.config[key])
+            continue
         assert ours.config[key] == ref.config[key] == back.config[key], key
-    assert set(ScratchDDPMScheduler().config) == set(DDPMScheduler().config)
+    # one key more: the statistic of the analytic variance, which DDPMScheduler lacks (it ignores the key)
+    assert set(ScratchDDPMScheduler().config) == set(DDPMScheduler().config) | {"analytic_eps_sq_mean"}
     ours.save_pretrained(tmp_path)
     loaded = ScratchDDPMScheduler.from_pretrained(tmp_path)
     public = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731
@@ -239,10 +243,10 @@ def test_generator_lists_and_tuples():
         (dict(variance_type="small"), "variance_type must be one of"),
         (dict(prediction_type="noise"), "prediction_type must be one of"),
         (dict(timestep_spacing="uniform"), "timestep_spacing must be one of"),
-        (dict(num_train_timesteps=0), "num_train_timesteps must be a positive int"),
+        (dict(num_train_timesteps=0), "num_train_timesteps must be an int >= 1"),
         (dict(dynamic_thresholding_ratio=1.5), "dynamic_thresholding_ratio"),
-        (dict(beta_start=-0.1), r"open interval \(0, 1\); beta_start=-0.1"),
-        (dict(beta_end=1.5), r"open interval \(0, 1\); beta_start=0.0001, beta_end=1.5"),
+        (dict(beta_start=-0.1), r"0 < beta_start <= beta_end < 1, got beta_start=-0.1"),
+        (dict(beta_end=1.5), r"0 < beta_start <= beta_end < 1, got beta_start=0.0001, beta_end=1.5"),
         (dict(trained_betas=[0.1, 1.0], num_train_timesteps=2), r"open interval \(0, 1\); trained_betas"),
         (dict(trained_betas=[[0.1]], num_train_timesteps=1), "non-empty 1-d"),
     ],

@@ -70,12 +70,19 @@ def test_preset_fills_only_what_the_user_left_unset():
         (["--variance_type", "learned_range"], "--loss_type hybrid"),
         (["--loss_type", "hybrid"], "--variance_type learned_range"),
         (["--loss_type", "hybrid", "--variance_type", "learned_range", "--lambda_vlb", "-1"], "--lambda_vlb"),
+        (["--loss_type", "hybrid", "--variance_type", "learned_range", "--lambda_vlb", "inf"],
+         "--lambda_vlb must be a finite number >= 0"),
+        (["--adam_weight_decay", "nan"], "--adam_weight_decay must be a finite number >= 0"),
         (["--label_column", "label"], "--class_conditional"),
         (["--train_batch_size", "0"], "--train_batch_size must be a positive integer"),
         (["--learning_rate", "-1"], "--learning_rate must be a positive number"),
         (["--ema_max_decay", "1.0"], "--ema_max_decay must be in [0, 1)"),
         (["--grid_inference_steps", "2000"], "--grid_inference_steps 2000 exceeds"),
         (["--train_data_dir", "/does/not/exist"], "is not a folder"),
+        # the scheduler's rule (beta_schedules.check_beta_range), so trainer and scheduler agree
+        (["--beta_start", "0.03", "--beta_end", "0.02"], "--beta_start/--beta_end: beta_start and beta_end must satisfy"),
+        (["--beta_start", "nan"], "--beta_start/--beta_end: beta_start must be a finite real number"),
+        (["--beta_end", "1.0"], "0 < beta_start <= beta_end < 1"),
     ],
 )
 def test_bad_options_are_refused_with_the_option_named(argv, message):
@@ -325,8 +332,9 @@ def test_short_run_saves_a_loadable_pipeline_grid_and_loss_curve(tmp_path):
     from PIL import Image
 
     out = tmp_path / "run"
-    check_ok(run_train(TINY_RUN + ["--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "2",
-                                   "--save_images_steps", "2"]))
+    result = check_ok(run_train(TINY_RUN + ["--output_dir", str(out), "--max_train_steps", "3",
+                                            "--checkpointing_steps", "2", "--save_images_steps", "2"]))
+    assert "sampling the grid (3 steps): 100%" in result.stderr and "image/s" in result.stderr  # a progress bar
     assert [s for s, _ in ckpt.list_checkpoints(ckpt.checkpoints_root(out))] == [2, 3]
     for _, folder in ckpt.list_checkpoints(ckpt.checkpoints_root(out)):
         assert ckpt.verify_checkpoint(folder) == []
@@ -407,6 +415,9 @@ def test_push_to_hub_uploads_the_pipeline_with_its_card_and_never_the_checkpoint
             calls["repo"] = (repo_id, private)
             return SimpleNamespace(repo_id=repo_id)
 
+        def list_repo_files(self, repo_id, **_):
+            return []  # a new repository
+
         def create_commit(self, repo_id, operations, commit_message, **_):
             calls["files"] = sorted(op.path_in_repo for op in operations)
             calls["card"] = next(Path(op.path_or_fileobj).read_text() for op in operations if op.path_in_repo == "README.md")
@@ -421,3 +432,307 @@ def test_push_to_hub_uploads_the_pipeline_with_its_card_and_never_the_checkpoint
     assert "sample_grid.png" in calls["files"]
     assert not any(name.startswith(("checkpoints", "samples", "logs")) for name in calls["files"])
     assert "final_loss" in calls["card"] and "hf_test" not in calls["card"] and "2 steps" in calls["message"]
+
+
+# ---- trainer inputs: the output folder, the data source, pixel formats ------------------------
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder
+
+
+def _foreign_readme(tmp_path: Path) -> Path:
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "README.md").write_text("# my project\n")
+    return tmp_path / "project"
+
+
+def _foreign_model(tmp_path: Path) -> Path:
+    folder = tmp_path / "someone-else"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text('{"_class_name": "DDPMPipeline"}')
+    return folder
+
+
+@pytest.mark.parametrize("make_output_dir, message", [
+    (lambda tmp: "", "--output_dir is empty"),
+    (lambda tmp: (tmp / "a-file").write_text("x") and tmp / "a-file", r"--output_dir '.*a-file' is a file"),
+    (lambda tmp: "/proc/ddpm-run", r"--output_dir '/proc/ddpm-run' cannot be written"),
+    (lambda tmp: _read_only_folder(tmp) / "run", r"--output_dir '.*run' cannot be written"),
+    (_foreign_readme, r"holds files this trainer did not write and would overwrite: README.md; .*--overwrite_output_dir"),
+    (_foreign_model, r"would overwrite: model_index.json, unet/"),
+])
+def test_unusable_output_dir_is_refused_before_training(tmp_path, make_output_dir, message):
+    import re
+
+    assert re.search(message, _main_error(["--output_dir", str(make_output_dir(tmp_path))]))
+
+
+def test_output_dir_rule_accepts_our_own_outputs_and_overwrite(tmp_path):
+    from training.config import foreign_outputs, prepare_output_dir
+
+    def opts(folder, *extra):
+        return parse_options(["--output_dir", str(folder), *extra])
+
+    ours = tmp_path / "previous-run"
+    ours.mkdir()
+    (ours / "model_index.json").write_text('{"_class_name": ["pipeline", "ScratchDDPMPipeline"]}')
+    (ours / "README.md").write_text("---\nlibrary_name: diffusers\ntags:\n- diffusers\n- ddpm-from-scratch\n---\n# DDPM\n")
+    (ours / "notes.txt").write_text("files the run does not write are never in the way")
+    for name in ("unet", "samples", "logs"):
+        (ours / name).mkdir()
+    assert foreign_outputs(opts(ours)) == []
+    (ours / "README.md").write_text("# my own card, edited by hand\n")
+    assert foreign_outputs(opts(ours)) == ["README.md"]
+    prepare_output_dir(opts(ours, "--overwrite_output_dir"))  # allowed, and the folder is writable
+    assert foreign_outputs(opts(tmp_path / "new")) == [] and not (tmp_path / "new").exists()
+    prepare_output_dir(opts(tmp_path / "new" / "run"))
+    assert (tmp_path / "new" / "run").is_dir() and not list((tmp_path / "new" / "run").iterdir())  # probe removed
+
+
+@pytest.mark.parametrize("offline_env", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}])
+def test_hub_dataset_without_network_is_one_clear_error(tmp_path, offline_env):
+    import os
+
+    from _train_fixtures import subprocess_env
+
+    env = subprocess_env(HF_DATASETS_CACHE=str(tmp_path / "cache"))
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        env.pop(name, None)
+    env.update(offline_env)
+    result = run_train(["--dataset_name", "someone/a-dataset-not-in-the-cache", "--output_dir", str(tmp_path / "out"),
+                        "--report_to", "none"], env=env, timeout=180)
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("train.py: error: --dataset_name 'someone/a-dataset-not-in-the-cache': the Hugging Face Hub")
+    for hint in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "--train_data_dir", "builtin:digits"):
+        assert hint in error
+    assert "Traceback" not in result.stderr and os.environ.get("HF_TOKEN", "hf_") not in error
+
+
+def _gradient(dtype, high) -> np.ndarray:
+    return (np.linspace(0, 1, 64).reshape(8, 8) * high).astype(dtype)
+
+
+@pytest.mark.parametrize("image, expected", [
+    (lambda: _gradient(np.float32, 1.0), lambda: _gradient(np.float32, 255.0).round()),          # F in [0, 1]
+    (lambda: _gradient(np.uint16, 65535), lambda: (_gradient(np.uint16, 65535) / 257).round()),  # I;16
+    (lambda: _gradient(np.int32, 65535), lambda: (_gradient(np.int32, 65535) / 257).round()),    # I (16-bit data)
+    (lambda: _gradient(np.uint8, 255), lambda: _gradient(np.uint8, 255)),                        # L
+])
+def test_high_bit_depth_images_are_scaled_by_their_range(image, expected):
+    from PIL import Image
+
+    pixels = image()
+    pil = Image.fromarray(pixels)
+    assert pil.mode == {np.float32: "F", np.uint16: "I;16", np.int32: "I", np.uint8: "L"}[pixels.dtype.type]
+    out = to_uint8_array(pil, 8, 1, center_crop=True)[0]
+    assert np.abs(out.astype(int) - expected().astype(int)).max() <= 1 and out.max() >= 254
+    rgb = to_uint8_array(pil, 8, 3, center_crop=True)
+    assert rgb.shape == (3, 8, 8) and np.array_equal(rgb[0], out)
+
+
+@pytest.mark.parametrize("pixels, message", [
+    (np.full((8, 8), 200.0, np.float32), r"mode F pixels are read as intensities in \[0, 1\].*\[200, 200\]"),
+    (np.full((8, 8), -0.5, np.float32), r"mode F pixels .*\[-0.5, -0.5\]"),
+    (np.full((8, 8), np.nan, np.float32), "mode F image holds NaN or infinite values"),
+    (np.full((8, 8), 70000, np.int32), r"mode I pixels are read as 16-bit values in \[0, 65535\]"),
+])
+def test_images_outside_their_modes_range_are_refused_with_the_file_named(tmp_path, pixels, message):
+    from PIL import Image
+
+    folder = write_digit_folder(tmp_path / "data", 4)
+    Image.fromarray(pixels).save(folder / "odd.tiff")
+    opts = parse_options(["--train_data_dir", str(folder), "--cache_dir", str(tmp_path / "cache")])
+    with pytest.raises(ValueError, match=r"image .*odd\.tiff: " + message):
+        prepare_training_data(opts)
+
+
+def test_colour_images_after_many_grayscale_ones_make_the_run_rgb_with_a_warning(tmp_path, caplog):
+    from PIL import Image
+
+    folder = write_digit_folder(tmp_path / "data", 70)  # more grayscale files than any probe of the first few
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(folder / "zz_red.png")
+    opts = parse_options(["--train_data_dir", str(folder), "--cache_dir", str(tmp_path / "cache")])
+    with caplog.at_level("WARNING", logger="training.data"):
+        data = prepare_training_data(opts)
+    assert data.num_channels == 3
+    warning = " ".join(record.getMessage() for record in caplog.records)
+    assert "70 of 71 images are grayscale" in warning and "digit_0000.png" in warning and "zz_red.png" in warning
+    assert "training in RGB" in warning
+
+
+# ---- diffusers' train_unconditional.py option names ------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--save_model_epochs", "10"], "--save_model_epochs is an option of diffusers' .* use --checkpointing_steps"),
+    (["--enable_xformers_memory_efficient_attention"], "scaled_dot_product_attention"),
+    (["--save_images_epochs", "1", "--save_images_steps", "5"], "pass only one"),
+    (["--save_images_epochs", "0"], "--save_images_epochs must be a positive integer"),
+    (["--report_to", "neptune"], "not a tracker accelerate knows; use one of tensorboard, wandb"),
+    (["--lr_scheduler", "warmup_stable_decay"], r"invalid choice.*cosine_with_restarts"),
+    (["--output_dir", ""], "--output_dir is empty"),
+])
+def test_diffusers_options_this_trainer_refuses_name_the_equivalent(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse_options(argv)
+
+
+def test_diffusers_option_meanings():
+    alone = parse_options(["--eval_batch_size", "16"])
+    assert (alone.num_grid_images, alone.eval_batch_size) == (16, 16)  # diffusers: the grid has eval_batch_size images
+    both = parse_options(["--eval_batch_size", "16", "--num_grid_images", "100"])
+    assert (both.num_grid_images, both.eval_batch_size) == (100, 16)  # 100 images, 16 at a time
+    assert parse_options(["--local_rank", "3"]).local_rank == 3  # accepted, not used
+    assert parse_options(["--logging_dir", "tb"]).logging_path == Path("digits-ddpm") / "tb"  # under output_dir
+    assert parse_options(["--save_images_epochs", "2"]).save_images_steps == 0
+    aliases = parse_options(["--ddpm_num_steps", "500", "--ddpm_beta_schedule", "squaredcos_cap_v2",
+                             "--ddpm_num_inference_steps", "50", "--logger", "none", "--lr_scheduler", "polynomial"])
+    assert (aliases.num_train_timesteps, aliases.beta_schedule, aliases.grid_inference_steps) == (500, "squaredcos_cap_v2", 50)
+
+
+TINY_UNET = dict(block_out_channels=[16, 32], layers_per_block=1, attention_resolutions=[4], norm_num_groups=8)
+
+
+def _model_config(tmp_path: Path, kind: str) -> Path:
+    from ddpm_from_scratch.convert import diffusers_config_from_scratch
+
+    scratch = {"_class_name": "ScratchUNet2DModel", "sample_size": 8, "in_channels": 1, "out_channels": 1,
+               "dropout": 0.0, **TINY_UNET}
+    folder = tmp_path / kind
+    folder.mkdir()
+    if kind == "scratch_file":
+        (folder / "config.json").write_text(json.dumps(scratch))
+        return folder / "config.json"
+    if kind == "diffusers_folder":
+        diffusers = {"_class_name": "UNet2DModel", **diffusers_config_from_scratch(scratch)}
+        (folder / "config.json").write_text(json.dumps(diffusers))
+        return folder
+    (folder / "unet").mkdir()  # a saved pipeline: the config is in unet/
+    (folder / "unet" / "config.json").write_text(json.dumps(scratch))
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["scratch_file", "diffusers_folder", "pipeline_folder"])
+def test_model_config_name_or_path_builds_the_unet(tmp_path, kind):
+    from training.train import main
+
+    out = main(_tiny(tmp_path, "--model_config_name_or_path", str(_model_config(tmp_path, kind)),
+                     "--max_train_steps", "1", "--num_grid_images", "2", "--no-use_ema"))
+    config = json.loads((out / "unet" / "config.json").read_text())
+    assert (config["block_out_channels"], config["layers_per_block"], config["sample_size"]) == ([16, 32], 1, 8)
+    assert config["attention_resolutions"] == [4] and config["in_channels"] == 1
+    assert "model_config_name_or_path" not in (out / "README.md").read_text()  # a local path means nothing elsewhere
+
+
+@pytest.mark.parametrize("change, extra, message", [
+    ({"out_channels": 2}, [], r"out_channels=2 .* --variance_type fixed_small needs out_channels=1.*learned_range"),
+    ({"num_class_embeds": 10}, [], "is class-conditional .* add --class_conditional"),
+    ({"in_channels": 4, "out_channels": 4}, [], "in_channels=4; training images have 1"),
+    ({"block_out_channels": [16, 32, 32]}, ["--resolution", "6"], "--resolution 6 cannot be used with the UNet of"),
+    ({"_class_name": "AutoencoderKL"}, [], "it is a AutoencoderKL config"),
+    ({"attention_head_dim": "many"}, [], "--model_config_name_or_path"),
+])
+def test_bad_model_configs_are_refused_with_the_reason(tmp_path, change, extra, message):
+    path = _model_config(tmp_path, "scratch_file")
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(ValueError, match=message):
+        parse_options(["--model_config_name_or_path", str(path), *extra])
+
+
+def test_missing_model_config_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="is a folder without config.json"):
+        parse_options(["--model_config_name_or_path", str(tmp_path)])
+
+
+def test_save_images_epochs_samples_after_every_nth_epoch(tmp_path):
+    from training.train import main
+
+    folder = write_digit_folder(tmp_path / "digits", 24)  # batch 8: 3 updates per epoch
+    out = main(_tiny(tmp_path, "--train_data_dir", str(folder), "--cache_dir", str(tmp_path / "cache"),
+                     "--max_train_steps", "7", "--save_images_epochs", "1", "--checkpointing_steps", "100"))
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["final.png", "step-0000003.png", "step-0000006.png"]
+
+
+# ---- the trainer's grid is ddpm-sample's, and goes to the trackers ----------------------------
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_final_grid_holds_the_images_sample_with_image_seeds_gives_for_the_saved_model(tmp_path, conditional):
+    from PIL import Image
+
+    from ddpm_from_scratch.image_utils import to_pil_images
+    from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
+    from ddpm_from_scratch.seeded_sampling import sample_with_image_seeds
+    from training.components import grid_class_labels, grid_of
+    from training.train import main
+
+    extra = ["--max_train_steps", "2", "--num_grid_images", "5", "--eval_batch_size", "2", "--seed", "7"]
+    if conditional:
+        folder = write_digit_folder(tmp_path / "digits", 16, with_labels=True)
+        extra += ["--train_data_dir", str(folder), "--cache_dir", str(tmp_path / "cache"), "--class_conditional"]
+    out = main(_tiny(tmp_path, *extra))
+    pipe = ScratchDDPMPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    num_classes = pipe.unet.config.num_class_embeds
+    images = sample_with_image_seeds(pipe, 5, num_inference_steps=3, batch_size=2, seed=7,
+                                     class_labels_for=grid_class_labels(num_classes) if conditional else None)
+    expected = grid_of(to_pil_images(images), num_classes)
+    assert np.array_equal(np.asarray(Image.open(out / "samples" / "final.png")), np.asarray(expected))
+
+
+def test_sample_grids_go_to_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from training.train import main
+
+    out = main(_tiny(tmp_path, "--max_train_steps", "2", "--save_images_steps", "1", "--report_to", "tensorboard"))
+    run_folder = out / "logs" / "ddpm_from_scratch"  # its sub-folders hold the hparams
+    accumulator = EventAccumulator(str(run_folder), size_guidance={"images": 0})
+    accumulator.Reload()
+    assert "samples" in accumulator.Tags()["images"]
+    logged = accumulator.Images("samples")
+    assert [event.step for event in logged] == [1, 2]  # the grid after update 1, and the final one
+    from io import BytesIO
+
+    from PIL import Image
+
+    final = Image.open(BytesIO(logged[-1].encoded_image_string))
+    assert np.array_equal(np.asarray(final), np.asarray(Image.open(out / "samples" / "final.png").convert("RGB")))
+
+
+def test_sample_grids_go_to_wandb_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from training.train import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wandb").mkdir()
+    main(_tiny(tmp_path, "--max_train_steps", "1", "--report_to", "wandb"))
+    logged = list((tmp_path / "wandb").rglob("media/images/samples_*.png"))
+    assert logged, sorted(str(p) for p in (tmp_path / "wandb").rglob("*"))[:30]
+
+
+# ---- the Python API ---------------------------------------------------------------------------
+
+
+def test_fit_trains_from_python_and_returns_the_output_folder(tmp_path):
+    from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
+    from training import fit
+
+    out = fit(preset="digits", output_dir=str(tmp_path / "digits-ddpm"), max_train_steps=1, train_batch_size=8,
+              num_grid_images=2, grid_inference_steps=2, report_to="none", use_ema=False, checkpointing_steps=None)
+    assert out == tmp_path / "digits-ddpm" and ScratchDDPMPipeline.from_pretrained(out).unet.config.in_channels == 1
+    with pytest.raises(ValueError, match="unknown training option 'learning_rat'.*learning_rate"):
+        fit(learning_rat=1e-3)
+    with pytest.raises(ValueError, match="--max_train_steps must be a positive integer"):
+        fit(output_dir=str(tmp_path / "x"), max_train_steps=0)

@@ -49,7 +49,8 @@ def test_two_cpu_processes_train_checkpoint_and_save(tmp_path):
     assert "batch 8 per process x 2 processes x 2 accumulation = 32 images per update" in result.stderr
     checkpoint = out / "checkpoints" / "checkpoint-2"
     assert ckpt.verify_checkpoint(checkpoint) == []
-    assert {p.name for p in checkpoint.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    assert {p.name for p in checkpoint.glob("random_states_*.safetensors")} == {"random_states_0.safetensors",
+                                                                                "random_states_1.safetensors"}
     # the LR schedule counts optimizer updates: linear decay reaches 0 exactly at the last of the 3
     # updates, whatever the number of processes and micro-batches per update
     assert ckpt.read_training_state(checkpoint)["learning_rate"] == pytest.approx(1e-3 * (3 - 2) / (3 - 1))
@@ -57,3 +58,32 @@ def test_two_cpu_processes_train_checkpoint_and_save(tmp_path):
     assert state["learning_rate"] == 0.0 and state["micro_batches_per_process"] == 6
     assert state["samples_seen"] == 3 * 32 and state["data_layout"]["num_processes"] == 2
     assert (out / "model_index.json").is_file() and (out / "samples" / "final.png").is_file()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_bad_option_under_accelerate_launch_prints_one_clear_line(tmp_path, processes):
+    """What a launched run can and cannot control when an option is bad.
+
+    The error line is printed once (by process 0) and the run exits with status 2 before any work.
+    With one process, `accelerate launch -q` then exits without a traceback of its own. With several,
+    accelerate hands the processes to torchrun, whose failure report is always a Python traceback
+    (ChildFailedError) whatever the exit status, -q or not: the trainer writes its error line into
+    torchrun's error file, so the report names it as the root cause instead of pointing at torch's docs.
+    """
+    launcher = _accelerate_launcher() + ["launch", "-q"]
+    if processes == 1:
+        launcher += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    else:
+        launcher += ["--config_file", str(CONFIGS / "cpu_2proc.yaml"), "--main_process_port", str(_free_port())]
+    result = run_train(["--output_dir", str(tmp_path / "out"), "--num_epochs", "2", "--max_train_steps", "5"],
+                       launcher=launcher, timeout=180)
+    line = "train.py: error: --num_epochs and --max_train_steps both given; pass only one"
+    assert result.returncode != 0
+    printed = [row for row in result.stderr.splitlines() if row.startswith("train.py: error:")]
+    assert len(printed) == 1 and printed[0].startswith(line), result.stderr[-3000:]
+    if processes == 1:
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    else:
+        root_cause = result.stderr.split("Root Cause")[-1]
+        assert f"traceback : {line}" in root_cause and "exitcode  : 2" in root_cause
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -27,6 +27,7 @@ from _train_fixtures import (
 from training import checkpoints as ckpt
 
 STEPS = 6
+RAW_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 TOLERANCE = 1e-6  # the same float ops in the same order: equal up to rounding, in practice bit-equal
 
 
@@ -56,7 +57,7 @@ def setting(tmp_path_factory):
 
 def _final_weights(output_dir):
     """(raw weights of the final checkpoint, EMA weights of the saved pipeline)."""
-    return (load_safetensors(output_dir / "checkpoints" / f"checkpoint-{STEPS}" / "model.safetensors"),
+    return (load_safetensors(output_dir / "checkpoints" / f"checkpoint-{STEPS}" / RAW_WEIGHTS),
             load_safetensors(output_dir / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
@@ -91,12 +92,15 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(setting):
 def test_damaged_latest_checkpoint_is_reported_and_the_previous_one_used(setting):
     damaged = setting["base"] / "damaged"
     shutil.copytree(setting["killed"], damaged)
-    flip_one_byte(damaged / "checkpoints" / "checkpoint-4" / "model.safetensors")
+    flip_one_byte(damaged / "checkpoints" / "checkpoint-4" / RAW_WEIGHTS)
     result = check_ok(run_train(setting["args"] + ["--output_dir", str(damaged), "--resume_from_checkpoint", "latest"]))
-    assert "checkpoint-4 is damaged (model.safetensors does not match its SHA-256" in result.stderr
+    assert f"checkpoint-4 is damaged ({RAW_WEIGHTS} does not match its SHA-256" in result.stderr
+    assert "moved it to checkpoint-4.corrupt" in result.stderr
     assert "checkpoint-2 at update 2" in result.stderr
-    assert (damaged / "checkpoints" / "checkpoint-4.corrupt").is_dir()  # kept for inspection, not deleted
     _assert_same_result(damaged, setting["reference"])
+    # the set-aside folder counts towards the preset's --checkpoints_total_limit 2 and went once newer
+    # good checkpoints existed
+    assert sorted(p.name for p in (damaged / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-6"]
 
 
 def test_kill_while_saving_keeps_the_previous_checkpoint(setting):

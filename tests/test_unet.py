@@ -93,6 +93,12 @@ def test_from_preset_overrides_and_rejects_unknown_names():
         (dict(layers_per_block=0), "layers_per_block"),
         (dict(dropout=1.0), "dropout"),
         (dict(num_class_embeds=0), "num_class_embeds"),
+        (dict(attention_resolutions=(8,), attention_head_dim=16), r"attention_head_dim=16 .*\[8, 16\]"),
+        (dict(freq_shift=2), r"freq_shift must be a number in \[0, 1\]"),
+        (dict(downsample_padding=2), "downsample_padding must be 0"),
+        (dict(flip_sin_to_cos="yes"), "flip_sin_to_cos must be True or False"),
+        (dict(mid_block_add_attention=None), "mid_block_add_attention must be True or False"),
+        (dict(center_input_sample=1), "center_input_sample must be True or False"),
     ],
 )
 def test_bad_config_raises_value_error_naming_the_key(overrides, match):
@@ -111,6 +117,33 @@ def test_timestep_embedding_is_the_papers_sinusoid():
     expected = [[math.sin(tt * f) for f in freqs] + [math.cos(tt * f) for f in freqs] for tt in t.tolist()]
     torch.testing.assert_close(emb, torch.tensor(expected), rtol=1e-5, atol=1e-5)
     assert sinusoidal_timestep_embedding(t, 7).shape == (4, 7)  # odd widths are zero-padded
+
+
+@pytest.mark.parametrize("flip_sin_to_cos, freq_shift", [(True, 0), (False, 0), (True, 1), (False, 0.5)])
+def test_timestep_embedding_order_and_shift_are_diffusers_options(flip_sin_to_cos, freq_shift):
+    t = torch.tensor([0.0, 3.0, 999.0])
+    emb = sinusoidal_timestep_embedding(t, 8, flip_sin_to_cos=flip_sin_to_cos, freq_shift=freq_shift)
+    freqs = [10000 ** (-i / (4 - freq_shift)) for i in range(4)]
+    sin = [[math.sin(tt * f) for f in freqs] for tt in t.tolist()]
+    cos = [[math.cos(tt * f) for f in freqs] for tt in t.tolist()]
+    halves = (cos, sin) if flip_sin_to_cos else (sin, cos)
+    torch.testing.assert_close(emb, torch.cat([torch.tensor(h) for h in halves], dim=1), rtol=1e-5, atol=1e-4)
+
+
+def test_layout_options_change_the_network_as_documented():
+    x = torch.rand(2, 2, 8, 8)
+    base = tiny()
+    with torch.no_grad():
+        ref = base(x, 5).sample
+        centred = tiny(center_input_sample=True)  # same weights (same seed), input mapped to 2x - 1 first
+        torch.testing.assert_close(centred(x, 5).sample, base(2 * x - 1, 5).sample)
+        padded = tiny(downsample_padding=1)
+        assert padded(x, 5).sample.shape == ref.shape and not torch.allclose(padded(x, 5).sample, ref)
+        flipped = tiny(flip_sin_to_cos=True, freq_shift=0)
+        assert not torch.allclose(flipped(x, 5).sample, ref)
+    no_mid_attention = tiny(mid_block_add_attention=False)
+    assert no_mid_attention.mid_attn is None
+    assert num_params(base) - num_params(no_mid_attention) == num_params(base.mid_attn)
 
 
 def test_fresh_model_predicts_zero_like_the_papers_init():
@@ -195,6 +228,7 @@ def test_multi_head_attention_runs_and_differs_from_one_head():
         (lambda m: m(torch.randn(2, 2, 8, 8), torch.ones(2, 1)), "timestep"),
         (lambda m: m(torch.randn(2, 2, 8, 8), "1"), "timestep"),
         (lambda m: m(torch.randn(2, 2, 8, 8), 1, class_labels=torch.tensor([0, 1])), "class_labels.*unconditional"),
+        (lambda m: m(torch.ones(2, 2, 8, 8, dtype=torch.int64), 1), "sample must be a floating-point tensor"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_argument(call, match):

@@ -1,15 +1,17 @@
 """Checkpoint folders that survive being killed at any moment, and that say when they are damaged.
 
-Layout: <output_dir>/checkpoints/checkpoint-<step>/ holding what `accelerator.save_state` writes
-(model.safetensors, optimizer.bin, random_states_<rank>.pkl, custom_checkpoint_0.pkl with the LR
-schedule and the EMA, scaler.pt under fp16), plus training_state.json (step counters, loss history)
-and, written last, manifest.json (size and SHA-256 of every other file).
+Layout: <output_dir>/checkpoints/checkpoint-<step>/ holding the files of training/checkpoint_state.py
+(the UNet, its EMA and the scheduler in diffusers layout, optimizer, LR schedule, RNG states, the
+run's options), plus training_state.json (step counters, loss history) and, written last,
+manifest.json (size and SHA-256 of every other file).
 
 A save goes to .tmp-checkpoint-<step>/ and is renamed into place only once complete and fsynced;
 a rename is atomic, so a run killed while saving leaves the previous checkpoints as they were and a
-staging folder that is ignored (and removed by the next save). A checkpoint whose files no longer
-match its manifest (truncated, bit rot, a file deleted) is reported, and `latest` falls back to the
-newest one that verifies, setting the damaged one aside as checkpoint-<step>.corrupt.
+staging folder that is ignored (and removed when the next run starts). A checkpoint whose files no
+longer match its manifest (truncated, bit rot, a file deleted) is reported, and `latest` falls back
+to the newest one that verifies, setting the damaged one aside as checkpoint-<step>.corrupt; set-aside
+folders count towards --checkpoints_total_limit like the others and are pruned once a newer good
+checkpoint exists.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ddpm_from_scratch.atomic_io import write_json_atomic
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+CORRUPT_PATTERN = re.compile(r"^checkpoint-(\d+)\.corrupt(-\d+)?$")
 STAGING_PREFIX = ".tmp-"
 MANIFEST_NAME = "manifest.json"
 STATE_NAME = "training_state.json"
@@ -188,16 +191,19 @@ def set_aside(path: Path) -> Path:
 # ---- saving --------------------------------------------------------------------------------
 
 
-def save_checkpoint(accelerator, root: Path, step: int, training_state: dict[str, Any]) -> Path:
-    """Save the full training state atomically as root/checkpoint-<step>. Call on every process."""
+def save_checkpoint(accelerator, root: Path, step: int, write_files: Callable[[Path], None],
+                    training_state: dict[str, Any]) -> Path:
+    """Save the full training state atomically as root/checkpoint-<step>. Call on every process:
+    `write_files(staging)` runs on each (each writes its own RNG state, the main process the rest)."""
     final = root / f"checkpoint-{step}"
     staging = root / f"{STAGING_PREFIX}checkpoint-{step}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         if staging.exists():
             shutil.rmtree(staging)  # left by a save that was killed
+        staging.mkdir()
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))  # every process writes its own RNG state into the same folder
+    write_files(staging)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(training_state, staging / STATE_NAME, indent=1)
@@ -220,12 +226,29 @@ def _remove(path: Path) -> None:
     shutil.rmtree(doomed)
 
 
+def list_set_aside(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every checkpoint set aside as damaged (`set_aside`), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(CORRUPT_PATTERN.match(path.name), path) for path in root.iterdir() if path.is_dir()]
+    return sorted((int(match.group(1)), path) for match, path in found if match)
+
+
 def prune_checkpoints(root: Path, total_limit: int | None) -> list[Path]:
-    """Delete the oldest checkpoints beyond `total_limit` (the newest is always kept); returns them."""
+    """Delete the oldest folders beyond `total_limit`, damaged ones set aside included; returns them.
+
+    Called right after a checkpoint is committed. The newest good checkpoint is never deleted, and a
+    damaged one only once a newer good checkpoint exists (at equal steps the damaged one is older).
+    """
     if total_limit is None:
         return []
-    checkpoints = list_checkpoints(root)
-    doomed = [path for _, path in checkpoints[: max(len(checkpoints) - total_limit, 0)]]
+    good = list_checkpoints(root)
+    if not good:
+        return []
+    newest_step, newest = good[-1]
+    entries = sorted([(step, 1, path) for step, path in good] + [(step, 0, path) for step, path in list_set_aside(root)])
+    doomed = [path for step, _, path in entries[: max(len(entries) - total_limit, 0)]
+              if path != newest and step <= newest_step]
     for path in doomed:
         _remove(path)
     return doomed
@@ -239,3 +262,31 @@ def remove_staging_leftovers(root: Path) -> list[Path]:
     for path in leftovers:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     return leftovers
+
+
+# a pipeline save (ddpm_from_scratch.pipeline_folder) stages in .<output_dir name>.saving-<8 random
+# characters> next to output_dir (or .saving-<8> inside it); its first write is the pipeline's code
+PIPELINE_STAGING_SUFFIX = r"saving-[A-Za-z0-9_]{8}$"
+PIPELINE_STAGING_MARKER = "pipeline.py"
+
+
+def remove_pipeline_staging_leftovers(output_dir: str | os.PathLike) -> list[Path]:
+    """Delete the staging folders of pipeline saves into `output_dir` that were killed.
+
+    Only folders named as a save names them that are empty or hold the pipeline code a save writes
+    first are removed; anything else of that name is left alone.
+    """
+    target = Path(output_dir).resolve()
+    places = [(target.parent, re.compile(rf"^\.{re.escape(target.name)}\.{PIPELINE_STAGING_SUFFIX}")),
+              (target, re.compile(rf"^\.{PIPELINE_STAGING_SUFFIX}"))]
+    removed = []
+    for folder, pattern in places:
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if pattern.match(path.name) and path.is_dir() and (
+                    not any(path.iterdir()) or (path / PIPELINE_STAGING_MARKER).is_file()):
+                shutil.rmtree(path)
+                removed.append(path)
+    return removed
+

@@ -6,6 +6,17 @@ validation pass before training, where undecodable files are counted and dropped
 never stop a run mid-epoch; then either once into memory (`PreloadedImages`, when the decoded set
 fits in PRELOAD_BUDGET_BYTES) or per batch by a DataLoader.
 
+Pixel values become 8 bits by the range their PIL mode holds, so no kind of image ends up near-black:
+    1, L, P, RGB, RGBA, ...   8 bits already (transparency composited on black)
+    I;16, I;16L, I;16B        16-bit grayscale: 0..65535 -> 0..255 (divided by 257)
+    I                         32-bit integers, taken as 16-bit data (how PIL opens many 16-bit PNG/TIFF
+                              files): 0..65535 -> 0..255; values outside 0..65535 are refused
+    F                         32-bit floats, taken as intensities in [0, 1] (float TIFFs): x 255;
+                              values outside [0, 1] are refused
+The validation pass reads every image, so it also decides the channels from all of them: grayscale
+data stays one channel, and if any image is colour the run is RGB (a warning names a grayscale and a
+colour file when the modes are mixed).
+
 Batch order: epoch e is the permutation `randperm(N, seed + e)`, cut into global batches of
 batch_size x num_processes images; process p takes slice p of each global batch; the incomplete
 tail is dropped so every process sees the same number of batches. The position in this stream is
@@ -32,9 +43,10 @@ from .config import BUILTIN_DIGITS, TrainingOptions
 logger = logging.getLogger(__name__)
 
 # PIL modes with one channel of intensity; anything else is trained as RGB
-GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
-# how many images decide between 1 and 3 channels (colour anywhere among them means RGB)
-CHANNEL_PROBE_SIZE = 64
+GRAYSCALE_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# the value range each high-bit-depth mode is read in (mapped linearly onto 0..255)
+MODE_RANGES = {"F": (0.0, 1.0), "I": (0, 65535), **{mode: (0, 65535) for mode in SIXTEEN_BIT_MODES}}
 IMAGE_SUFFIXES = frozenset(ext for ext, fmt in PIL.Image.registered_extensions().items())
 
 
@@ -52,6 +64,26 @@ class TrainingData:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+
+def load_hub_dataset(opts: TrainingOptions):
+    """datasets.load_dataset for --dataset_name, with its network and not-found errors as one clear line."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(opts.dataset_name, opts.dataset_config_name, cache_dir=opts.cache_dir)
+    except ConnectionError as error:
+        raise ValueError(
+            f"--dataset_name {opts.dataset_name!r}: the Hugging Face Hub cannot be reached ({error}) and the dataset "
+            "is not in the datasets cache. Offline mode (HF_HUB_OFFLINE=1 / HF_DATASETS_OFFLINE=1) or no network: "
+            "download it once with a connection, or train on local images with --train_data_dir FOLDER, or on the "
+            "built-in digits with --dataset_name builtin:digits"
+        ) from error
+    except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as error:
+        raise ValueError(
+            f"--dataset_name {opts.dataset_name!r} is neither a dataset on the Hub nor a local dataset folder ({error}); "
+            "for a folder of images use --train_data_dir"
+        ) from error
 
 
 def load_raw_dataset(opts: TrainingOptions):
@@ -72,7 +104,7 @@ def load_raw_dataset(opts: TrainingOptions):
         dataset_dict = load_digits_dataset()
         source = "scikit-learn digits (built in)"
     else:
-        dataset_dict = datasets.load_dataset(opts.dataset_name, opts.dataset_config_name, cache_dir=opts.cache_dir)
+        dataset_dict = load_hub_dataset(opts)
         source = opts.dataset_name
     if opts.split not in dataset_dict:
         raise ValueError(f"--split {opts.split!r} is not in {source}; available splits: {sorted(dataset_dict)}")
@@ -136,40 +168,79 @@ def open_image(value: dict) -> PIL.Image.Image:
     return image
 
 
-def _is_decodable(value: dict) -> bool:
+def value_range_problem(image: PIL.Image.Image) -> str | None:
+    """Why the pixels of a high-bit-depth image fall outside the range its mode is read in (MODE_RANGES), or None."""
+    if image.mode not in MODE_RANGES or image.mode in SIXTEEN_BIT_MODES:
+        return None
+    low, high = MODE_RANGES[image.mode]
+    array = np.asarray(image)
+    if not np.isfinite(array).all():
+        return f"mode {image.mode} image holds NaN or infinite values"
+    found_low, found_high = array.min(), array.max()
+    if found_low < low or found_high > high:
+        meaning = "intensities in [0, 1]" if image.mode == "F" else "16-bit values in [0, 65535]"
+        return (f"mode {image.mode} pixels are read as {meaning}, but this image holds values in "
+                f"[{found_low:g}, {found_high:g}]; rescale it to that range (or save it as 8- or 16-bit)")
+    return None
+
+
+def _inspect(value: dict) -> tuple[str | None, str | None]:
+    """(mode, value-range problem) of one image; mode None if PIL cannot decode it."""
     try:
-        open_image(value)
+        image = open_image(value)
     except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError...)
-        return False
-    return True
+        return None, None
+    return image.mode, value_range_problem(image)
 
 
-def drop_undecodable(dataset, image_column: str, num_proc: int | None = None):
-    """Dataset without the images PIL cannot decode, and the names of the dropped ones."""
-    flags = dataset.map(
-        lambda batch: {"_decodable": [_is_decodable(value) for value in batch[image_column]]},
-        batched=True,
-        input_columns=None,
-        remove_columns=dataset.column_names,
-        num_proc=num_proc,
-        desc="checking images",
-    )["_decodable"]
-    bad = [index for index, ok in enumerate(flags) if not ok]
+@dataclass
+class ImageSurvey:
+    """What the validation pass found: the decodable rows, the dropped ones, and each row's PIL mode."""
+
+    dataset: Any
+    skipped: list[str]
+    modes: list[str]  # of the rows kept, in order
+
+
+def survey_images(dataset, image_column: str, num_proc: int | None = None) -> ImageSurvey:
+    """Decode every image once: drop the ones PIL cannot decode, record the modes, and raise ValueError
+    naming the file for an image whose values are outside its mode's range (MODE_RANGES)."""
+    def inspect_batch(batch):
+        found = [_inspect(value) for value in batch[image_column]]
+        return {"_mode": [mode for mode, _ in found], "_problem": [problem for _, problem in found]}
+
+    found = dataset.map(inspect_batch, batched=True, remove_columns=dataset.column_names, num_proc=num_proc,
+                        desc="checking images")
+    modes, problems = found["_mode"], found["_problem"]
+    for index, problem in enumerate(problems):
+        if problem is not None:
+            raise ValueError(f"image {_describe(dataset[index][image_column], index)}: {problem}")
+    bad = [index for index, mode in enumerate(modes) if mode is None]
     if not bad:
-        return dataset, []
+        return ImageSurvey(dataset, [], modes)
     names = [_describe(dataset[index][image_column], index) for index in bad]
-    return dataset.select([index for index, ok in enumerate(flags) if ok]), names
+    kept = [index for index, mode in enumerate(modes) if mode is not None]
+    return ImageSurvey(dataset.select(kept), names, [modes[index] for index in kept])
 
 
 def _describe(value: dict, index: int) -> str:
     return value.get("path") or f"row {index}"
 
 
-def infer_num_channels(dataset, image_column: str) -> int:
-    """1 if the first CHANNEL_PROBE_SIZE images are all grayscale, else 3."""
-    probe = dataset.select(range(min(CHANNEL_PROBE_SIZE, len(dataset))))[image_column]
-    modes = {open_image(value).mode for value in probe}
-    return 1 if modes <= set(GRAYSCALE_MODES) else 3
+def channels_from_modes(modes: list[str], dataset, image_column: str) -> int:
+    """1 if every image is grayscale, else 3; warns, naming one file of each kind, when they are mixed."""
+    grey = [index for index, mode in enumerate(modes) if mode in GRAYSCALE_MODES]
+    if len(grey) == len(modes):
+        return 1
+    if grey:
+        colour = next(index for index, mode in enumerate(modes) if mode not in GRAYSCALE_MODES)
+        logger.warning(
+            "%d of %d images are grayscale (e.g. %s, mode %s) and %d are colour (e.g. %s, mode %s): training in RGB, "
+            "with the grayscale images copied into all three channels", len(grey), len(modes),
+            _describe(dataset[grey[0]][image_column], grey[0]), modes[grey[0]], len(modes) - len(grey),
+            _describe(dataset[colour][image_column], colour), modes[colour],
+        )
+    return 3
 
 
 def prepare_training_data(opts: TrainingOptions) -> TrainingData:
@@ -184,17 +255,22 @@ def prepare_training_data(opts: TrainingOptions) -> TrainingData:
     total = len(dataset)
     if total == 0:
         raise ValueError(f"the {opts.split!r} split of {source} is empty")
-    dataset, skipped = drop_undecodable(dataset, image_column, num_proc=opts.dataloader_num_workers or None)
+    survey = survey_images(dataset, image_column, num_proc=opts.dataloader_num_workers or None)
+    dataset, skipped = survey.dataset, survey.skipped
     if skipped:
         shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         logger.warning("skipped %d of %d images that cannot be decoded: %s", len(skipped), total, shown)
     if len(dataset) == 0:
         raise ValueError(f"none of the {total} images in {source} can be decoded")
+    if opts.unet_config is not None:  # the model config fixes the channels; images are converted to them
+        num_channels = opts.unet_config["in_channels"]
+    else:
+        num_channels = channels_from_modes(survey.modes, dataset, image_column)
     return TrainingData(
         dataset=dataset,
         image_column=image_column,
         label_column=label_column,
-        num_channels=infer_num_channels(dataset, image_column),
+        num_channels=num_channels,
         num_classes=num_classes,
         num_skipped=len(skipped),
         description=source,
@@ -220,13 +296,20 @@ def to_uint8_array(image: PIL.Image.Image, resolution: int, num_channels: int, c
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
+def to_8_bit(image: PIL.Image.Image) -> PIL.Image.Image:
+    """A high-bit-depth grayscale image (mode F, I, I;16*) as mode L, its MODE_RANGES mapped onto 0..255.
+    PIL's own convert("L") clips these at 255 instead of scaling them."""
+    low, high = MODE_RANGES[image.mode]
+    array = np.asarray(image, dtype=np.float64)
+    scaled = (array - low) * (255.0 / (high - low))
+    return PIL.Image.fromarray(np.clip(scaled, 0, 255).round().astype(np.uint8), mode="L")
+
+
 def _to_mode(image: PIL.Image.Image, mode: str) -> PIL.Image.Image:
     if image.mode == mode:
         return image
-    if image.mode.startswith("I;16") or image.mode == "I":
-        # 16-bit grayscale: PIL's convert("L") clips at 255 instead of scaling
-        array = np.asarray(image, dtype=np.float32)
-        image = PIL.Image.fromarray(np.clip(array / 257.0, 0, 255).round().astype(np.uint8), mode="L")
+    if image.mode in MODE_RANGES:
+        image = to_8_bit(image)
         return image if mode == "L" else image.convert(mode)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # composite transparency on black (the -1 of the model range), not on whatever the RGB holds

@@ -31,16 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from training.checkpoints import (
-    checkpoints_root,
-    list_checkpoints,
-    plan_resume,
-    prune_checkpoints,
-    read_training_state,
-    remove_staging_leftovers,
-    save_checkpoint,
-    set_aside,
-)
+from training.checkpoint_state import write_process_files, write_shared_files
+from training.checkpoints import checkpoints_root, list_checkpoints, prune_checkpoints, save_checkpoint
 from training.config import BUILTIN_DIGITS, TrainingOptions, parse_options
 from training.data import (
     PreloadedImages,
@@ -50,33 +42,16 @@ from training.data import (
     iterate_micro_batches,
     prepare_training_data,
 )
+from training.divergence import DivergenceMonitor, TrainingDiverged, check_finite_weights
 from training.ema import ExponentialMovingAverage
 from training.objective import diffusion_loss, drop_class_labels, random_horizontal_flip
+from training.resume import agree_on_checkpoint, restore_checkpoint
 
 logger = logging.getLogger("training")
 
 
 class SetupError(ValueError):
     """Bad input found before training started (printed without a traceback)."""
-
-
-class TrainingExtras:
-    """LR schedule and EMA, saved with each checkpoint through accelerate's custom-object hook."""
-
-    def __init__(self, lr_scheduler, ema: ExponentialMovingAverage | None):
-        self.lr_scheduler, self.ema = lr_scheduler, ema
-        self.ema_restored = True
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"lr_scheduler": self.lr_scheduler.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if self.ema is not None:
-            self.ema_restored = state["ema"] is not None
-            if self.ema_restored:
-                self.ema.load_state_dict(state["ema"])
 
 
 def update_generator(seed: int, update: int, micro_batch: int, process_index: int, device: torch.device) -> torch.Generator:
@@ -121,7 +96,7 @@ class Trainer:
 
         check_resolution(opts.unet_preset, opts.resolution)
         self.checkpoint_dir = checkpoints_root(opts.output_path)
-        self.resume_path = self._plan_resume()
+        self.resume_path = agree_on_checkpoint(accelerator, opts, self.checkpoint_dir)
 
         with accelerator.main_process_first():
             self.data: TrainingData = prepare_training_data(opts)
@@ -155,8 +130,6 @@ class Trainer:
         self.lr_scheduler = get_scheduler(opts.lr_scheduler, optimizer, num_warmup_steps=opts.lr_warmup_steps,
                                           num_training_steps=self.max_train_steps)
         self.unet, self.optimizer = accelerator.prepare(unet, optimizer)
-        self.extras = TrainingExtras(self.lr_scheduler, self.ema)
-        accelerator.register_for_checkpointing(self.extras)
 
         self.global_step = 0
         self.micro_batches_done = 0  # per process
@@ -165,6 +138,8 @@ class Trainer:
         self.elapsed_before_resume = 0.0
         if self.resume_path is not None:
             self._resume()
+        # fp16's loss scaler skips the updates whose gradients overflow: only the loss is watched there
+        self.monitor = DivergenceMonitor(accelerator.device, self.global_step, watch_gradients=accelerator.scaler is None)
         self._log_summary(global_batch)
 
     # ---- setup helpers ----------------------------------------------------------------------
@@ -181,58 +156,11 @@ class Trainer:
             logger.info("using gradient_accumulation_steps=%d from the accelerate config", configured)
         return configured
 
-    def _plan_resume(self) -> Path | None:
-        """Resolve --resume_from_checkpoint on the main process and share the answer (or the error)."""
-        from accelerate.utils import broadcast_object_list
-
-        accelerator, opts = self.accelerator, self.opts
-        answer: list[Any] = [None]
-        if accelerator.is_main_process:
-            try:
-                answer[0] = ("ok", self._plan_resume_on_main())
-            except ValueError as error:
-                answer[0] = ("error", str(error))
-        if accelerator.num_processes > 1:
-            broadcast_object_list(answer)
-        status, value = answer[0]
-        accelerator.wait_for_everyone()
-        if status == "error":
-            raise SetupError(value)
-        return value
-
-    def _plan_resume_on_main(self) -> Path | None:
-        opts, root = self.opts, self.checkpoint_dir
-        existing = list_checkpoints(root)
-        if opts.resume_from_checkpoint is None and existing:
-            if not opts.overwrite_output_dir:
-                raise ValueError(
-                    f"--output_dir {str(opts.output_path)!r} already holds checkpoints of a previous run "
-                    f"({', '.join(p.name for _, p in existing)}): pass --resume_from_checkpoint latest to continue it, "
-                    "--overwrite_output_dir to delete them and start over, or another --output_dir"
-                )
-            import shutil
-
-            logger.warning("--overwrite_output_dir: deleting %d checkpoints in %s", len(existing), root)
-            shutil.rmtree(root)
-        for leftover in remove_staging_leftovers(root):
-            logger.warning("removed %s, left by a save that was interrupted", leftover)
-        plan = plan_resume(opts.output_path, opts.resume_from_checkpoint)
-        for path, problems in plan.rejected:
-            moved = set_aside(path)
-            logger.error("checkpoint %s is damaged (%s); moved it to %s", path.name, "; ".join(problems), moved.name)
-        if plan.rejected and plan.path is not None:
-            logger.warning("resuming from %s, the newest checkpoint that verifies", plan.path.name)
-        if opts.resume_from_checkpoint == "latest" and plan.path is None:
-            logger.info("--resume_from_checkpoint latest: no checkpoint in %s yet, starting a new run", root)
-        return plan.path
-
     def _resume(self) -> None:
+        """Check the checkpoint against this run (SetupError before any weight is loaded), then restore it."""
         accelerator, opts = self.accelerator, self.opts
-        state = read_training_state(self.resume_path)
-        accelerator.load_state(str(self.resume_path))
-        if self.ema is not None and not self.extras.ema_restored:
-            logger.warning("the checkpoint has no EMA (trained with --no-use_ema); starting the EMA from its weights")
-            self.ema.averaged_model.load_state_dict(accelerator.unwrap_model(self.unet).state_dict())
+        state = restore_checkpoint(self.resume_path, opts, accelerator, self.unet, self.optimizer, self.lr_scheduler,
+                                   self.ema, num_channels=self.data.num_channels, max_train_steps=self.max_train_steps)
         self.global_step = state["global_step"]
         self.samples_seen = state["samples_seen"]
         self.loss_history = [tuple(item) for item in state["loss_history"]]
@@ -295,6 +223,7 @@ class Trainer:
             finished = self.global_step == self.max_train_steps
             if self.global_step % opts.logging_steps == 0 or finished:
                 mean_loss = accelerator.reduce(window_loss / window_updates, reduction="mean").item()
+                self._check_diverged()
                 window_loss.zero_()
                 window_updates = 0
                 self.loss_history.append((self.global_step, mean_loss))
@@ -306,11 +235,12 @@ class Trainer:
             if opts.checkpointing_steps and self.global_step % opts.checkpointing_steps == 0:
                 self._checkpoint()
                 last_checkpoint = self.global_step
-            if opts.save_images_steps and self.global_step % opts.save_images_steps == 0 and not finished:
+            if self._grid_due() and not finished:
                 self._save_samples(f"step-{self.global_step:07d}.png")
         progress.close()
         if opts.checkpointing_steps and last_checkpoint != self.global_step:
             self._checkpoint()  # the final state too, so the run can be extended with a larger --max_train_steps
+        self._check_diverged(weights=True)
         return self._finish()
 
     def _update(self, stream) -> torch.Tensor:
@@ -335,7 +265,8 @@ class Trainer:
                                         loss_type=opts.loss_type, lambda_vlb=opts.lambda_vlb)
                 accelerator.backward(output.loss)  # divided by the accumulation steps inside
             total += output.loss.detach()
-        accelerator.clip_grad_norm_(self.unet.parameters(), opts.max_grad_norm)
+        grad_norm = accelerator.clip_grad_norm_(self.unet.parameters(), opts.max_grad_norm)
+        self.monitor.record(total, grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -362,9 +293,31 @@ class Trainer:
     def _elapsed(self) -> float:
         return self.elapsed_before_resume + time.time() - self.start_time
 
+    def _check_diverged(self, weights: bool = False) -> None:
+        """Raise TrainingDiverged (on every process) once a loss, gradient norm or, with `weights`, a weight
+        to be saved is not finite. A collective: call it at the same point on every process."""
+        good = list_checkpoints(self.checkpoint_dir)
+        last_good = good[-1][1] if good else None
+        self.monitor.check(self.accelerator, last_good)
+        if weights:
+            modules = [("raw", self.accelerator.unwrap_model(self.unet))]
+            check_finite_weights(modules + ([("EMA", self.ema.averaged_model)] if self.ema else []), last_good)
+
+    def _write_checkpoint_files(self, folder: Path) -> None:
+        """Every process its RNG state; the main one the model, optimizer and schedules. With DDP every
+        process holds the same weights, so the main process's unwrapped model is the whole model."""
+        accelerator = self.accelerator
+        write_process_files(folder, accelerator.process_index)
+        if accelerator.is_main_process:
+            write_shared_files(folder, unet=accelerator.unwrap_model(self.unet), optimizer=self.optimizer,
+                               lr_scheduler=self.lr_scheduler, ema=self.ema, noise_scheduler=self.noise_scheduler,
+                               grad_scaler=accelerator.scaler, options=self.opts.for_model_card())
+
     def _checkpoint(self) -> None:
         accelerator = self.accelerator
-        path = save_checkpoint(accelerator, self.checkpoint_dir, self.global_step, self._training_state())
+        self._check_diverged(weights=True)
+        path = save_checkpoint(accelerator, self.checkpoint_dir, self.global_step, self._write_checkpoint_files,
+                               self._training_state())
         if accelerator.is_main_process:
             logger.info("saved checkpoint %s", path)
             for removed in prune_checkpoints(self.checkpoint_dir, self.opts.checkpoints_total_limit):
@@ -375,6 +328,17 @@ class Trainer:
     def _sampling_unet(self) -> torch.nn.Module:
         return self.ema.averaged_model if self.ema is not None else self.accelerator.unwrap_model(self.unet)
 
+    def _grid_due(self) -> bool:
+        """After this update: --save_images_steps divides the update count, or an epoch that
+        --save_images_epochs divides was completed (epochs counted in micro-batches, as the data order is)."""
+        opts = self.opts
+        if opts.save_images_epochs:
+            per_epoch, every = self.order.batches_per_epoch, opts.save_images_epochs
+            epochs_done = self.micro_batches_done // per_epoch
+            epochs_before = (self.micro_batches_done - self.accumulation) // per_epoch
+            return epochs_done // every > epochs_before // every
+        return bool(opts.save_images_steps) and self.global_step % opts.save_images_steps == 0
+
     def _save_samples(self, name: str):
         """Sample a grid from the EMA weights (main process) into output_dir/samples/<name>."""
         from ddpm_from_scratch.image_utils import save_image_atomic
@@ -382,6 +346,7 @@ class Trainer:
         from training.components import grid_of, sample_images
 
         accelerator, opts = self.accelerator, self.opts
+        self._check_diverged()
         images = None
         if accelerator.is_main_process:
             started = time.time()
@@ -392,23 +357,13 @@ class Trainer:
             path = save_image_atomic(grid, opts.output_path / "samples" / name)
             logger.info("sampled %d images (%d steps) in %.1fs: %s", opts.num_grid_images, opts.grid_inference_steps,
                         time.time() - started, path)
-            self._log_image(grid)
+            log_sample_grid(accelerator.trackers, grid, path, self.global_step)
         accelerator.wait_for_everyone()
         return images
 
     def _is_builtin_digits(self) -> bool:
         return (self.opts.dataset_name == BUILTIN_DIGITS and self.opts.resolution == 8
                 and self.data.num_channels == 1)
-
-    def _log_image(self, grid) -> None:
-        if self.opts.report_to not in ("tensorboard", "all"):
-            return
-        try:
-            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
-        except Exception:  # noqa: BLE001 - tracker not active
-            return
-        if hasattr(writer, "add_image"):
-            writer.add_image("samples", np.asarray(grid.convert("RGB")), self.global_step, dataformats="HWC")
 
     def _save_loss_curve(self) -> None:
         from training.plots import save_loss_curve
@@ -478,16 +433,37 @@ def _cpu_only_multiprocess() -> bool:
 
 
 def _check_tracker_available(log_with: str | None) -> None:
-    import importlib.util
+    from training.config import check_report_to
 
-    module = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "mlflow": "mlflow",
-              "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}.get(log_with or "")
-    if log_with not in (None, "all") and module is None:
-        raise SetupError(f"--report_to {log_with!r} is not a tracker accelerate knows; use tensorboard, wandb, "
-                         "comet_ml, mlflow, aim, clearml, dvclive, all or none")
-    if module is not None and importlib.util.find_spec(module) is None:
-        raise SetupError(f"--report_to {log_with}: the {module} package is not installed (pip install {module}, "
-                         "or pass --report_to none)")
+    try:
+        check_report_to(log_with or "none")
+    except ValueError as error:
+        raise SetupError(str(error)) from error
+
+
+SAMPLE_GRID_TAG = "samples"
+
+
+def log_sample_grid(trackers, grid, path: Path, step: int) -> None:
+    """Send a sample grid to every active tracker through the image call accelerate (or the tracker's own
+    client) offers for it; a tracker with none gets a log line pointing at the PNG file."""
+    rgb = np.asarray(grid.convert("RGB"))
+    for tracker in trackers:
+        name = tracker.name
+        if name == "tensorboard":
+            tracker.log_images({SAMPLE_GRID_TAG: rgb[None]}, step=step, dataformats="NHWC")
+        elif name in ("wandb", "swanlab"):
+            tracker.log_images({SAMPLE_GRID_TAG: [grid]}, step=step)
+        elif name in ("aim", "clearml"):
+            tracker.log_images({SAMPLE_GRID_TAG: rgb}, step=step)
+        elif name == "comet_ml":
+            tracker.tracker.log_image(rgb, name=f"{SAMPLE_GRID_TAG}-{step:07d}", step=step)
+        elif name == "mlflow":
+            tracker.log_artifact(str(path), artifact_path=SAMPLE_GRID_TAG)
+        elif name == "dvclive":
+            tracker.tracker.log_image(path.name, grid)
+        else:
+            logger.info("the %s tracker takes no images through accelerate; the grid is %s", name, path)
 
 
 def _configure_logging(accelerator) -> None:
@@ -505,8 +481,12 @@ def _configure_logging(accelerator) -> None:
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Parse, set up (every input error is raised here, as SetupError), train; returns the output folder."""
+    from training.config import prepare_output_dir
+
     try:
-        trainer = Trainer(parse_options(argv))
+        opts = parse_options(argv)
+        prepare_output_dir(opts)
+        trainer = Trainer(opts)
     except SetupError:
         raise
     except ValueError as error:  # option, data and model checks, all before the first update
@@ -518,9 +498,25 @@ def cli(argv: Sequence[str] | None = None) -> int:
     try:
         main(argv)
     except SetupError as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
+        report_setup_error(f"train.py: error: {error}")
         return 2
+    except TrainingDiverged as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def report_setup_error(line: str) -> None:
+    """Print the error once (process 0 of a launched job; every process raised the same error). Under
+    torchrun (`accelerate launch --multi_gpu`) it also goes to the process's error file, so torchrun's
+    failure report, printed after it, shows this line as the root cause instead of a pointer to its docs."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        from ddpm_from_scratch.atomic_io import write_json_atomic
+
+        write_json_atomic({"message": line, "timestamp": int(time.time())}, error_file)
 
 
 if __name__ == "__main__":

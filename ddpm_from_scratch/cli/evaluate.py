@@ -2,9 +2,12 @@
 
     ddpm-evaluate PATH --num-samples 360 --num-inference-steps 1000 --nll-images 360 --seed 0 --json eval.json
 
-PATH is a folder written by ``save_pretrained`` (or a Hub repo id) of a ``ScratchDDPMPipeline``, or a
-folder saved by a stock diffusers pipeline (e.g. ``DDPMPipeline``). What is measured, and how the
-samples are seeded: :mod:`ddpm_from_scratch.digits.evaluation`.
+PATH is a folder written by ``save_pretrained`` (or a Hub repo id) of a ``ScratchDDPMPipeline``, a
+training checkpoint folder (checkpoint-N/: its EMA weights if it has them), or a folder saved by a
+stock diffusers pipeline (e.g. ``DDPMPipeline``). What is measured, and how the samples are seeded
+(the images ``ddpm-sample`` draws for the same seed): :mod:`ddpm_from_scratch.digits.evaluation`.
+Every mistake is one ``ddpm-evaluate: error: ...`` line and exit status 2, reported before the long
+work starts (``--json``'s folder is checked first).
 """
 
 from __future__ import annotations
@@ -13,9 +16,17 @@ import argparse
 from typing import Sequence
 
 from ..atomic_io import write_json_atomic
-from .args import non_negative_int, positive_int, resolve_device
-
-VARIANCE_CHOICES = ("saved", "fixed_small", "fixed_large", "learned_range")
+from .args import (
+    USER_ERRORS,
+    VARIANCE_CHOICES,
+    check_output_file,
+    exit_with_error,
+    non_negative_int,
+    override_variance_type,
+    positive_int,
+    resolve_device,
+    write_output,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="NLL bound (bits/dim) on the held-out digits and sample quality of a saved pipeline, in one table.",
     )
     parser.add_argument(
-        "path", help="folder written by save_pretrained (or a stock diffusers pipeline folder), or a Hub repo id"
+        "path",
+        help="folder written by save_pretrained, a training checkpoint folder, a stock diffusers pipeline folder, "
+        "or a Hub repo id",
     )
     parser.add_argument("--num-samples", type=non_negative_int, default=360,
                         help="generated digits for the sample-quality figures (default 360; 0 skips)")
@@ -42,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the figures (and the bound per timestep) to this JSON file")
     parser.add_argument("--classifier-cache-dir", default=None,
                         help="cache folder of the digits classifier (default: see ddpm_from_scratch.digits.classifier)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide the progress bars (the bound's, and the one over all samples)")
     return parser
 
 
@@ -52,11 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..digits.evaluation import evaluate_pipeline, load_pipeline
 
     try:
+        json_out = None if args.json is None else check_output_file(args.json, "--json", (".json",))
+        if args.num_samples == 1:
+            raise ValueError("--num-samples must be 0 (skip) or >= 2 (a covariance needs 2 images), got 1")
+        if args.num_samples == 0 and args.nll_images == 0:
+            raise ValueError("nothing to evaluate: --num-samples and --nll-images are both 0")
         device = resolve_device(args.device)
         pipeline = load_pipeline(args.path)
-        if args.variance_type != "saved":
-            scheduler_cls = type(pipeline.scheduler)
-            pipeline.scheduler = scheduler_cls.from_config(pipeline.scheduler.config, variance_type=args.variance_type)
+        override_variance_type(pipeline, args.variance_type)
         pipeline.to(device)
         report = evaluate_pipeline(
             pipeline,
@@ -70,10 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
         )
         print(report.format_table())
-        if args.json:
-            print(f"wrote {write_json_atomic(report.to_dict(), args.json)}")
-    except (ValueError, OSError) as error:
-        parser.exit(1, f"ddpm-evaluate: error: {error}\n")
+        if json_out is not None:
+            write_output(lambda path: write_json_atomic(report.to_dict(), path), json_out, "--json")
+            print(f"wrote {args.json}")
+    except USER_ERRORS as error:
+        exit_with_error(parser, error)
     return 0
 
 

@@ -3,9 +3,14 @@
     ddpm-sample PATH --num-images 64 --out grid.png
     ddpm-sample PATH --num-images 64 --out grid.png --num-inference-steps 250 --seed 0 --device cuda
 
-PATH is a folder written by ``save_pretrained`` or a Hub repo id. Image i is drawn with its own
-generator seeded ``seed + i``, so a grid does not depend on ``--batch-size`` (or the device the noise
-is drawn on: generators live on the CPU). diffusers' progress bar shows each batch's denoising steps.
+PATH is a folder written by ``save_pretrained``, a training checkpoint folder (checkpoint-N/: its
+EMA weights if it has them, else the raw ones) or a Hub repo id. Images come from
+``seeded_sampling.sample_with_image_seeds``: image i is drawn with its own generator seeded
+``seed + i``, so a grid does not depend on ``--batch-size`` (or the device the noise is drawn on:
+generators live on the CPU), and it holds the images ``ddpm-evaluate`` and the trainer's grids draw
+for the same seed. One progress bar counts all images (images/s in its postfix; ``--no-progress``
+hides it). Every mistake (a missing folder, an unwritable ``--out``, an unavailable device, a bad
+value) is one ``ddpm-sample: error: ...`` line and exit status 2, reported before sampling starts.
 """
 
 from __future__ import annotations
@@ -15,10 +20,22 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+
+import PIL.Image
 
 from ..image_utils import make_image_grid, save_image_atomic
 from ..seeded_sampling import sample_with_image_seeds
-from .args import positive_int, resolve_device
+from .args import (
+    USER_ERRORS,
+    VARIANCE_CHOICES,
+    check_output_file,
+    exit_with_error,
+    override_variance_type,
+    positive_int,
+    resolve_device,
+    write_output,
+)
 
 SCHEDULER_CHOICES = ("saved", "ddim")
 
@@ -40,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ddpm-sample",
         description="Sample images from a saved ScratchDDPMPipeline and write them as a PNG grid.",
     )
-    parser.add_argument("path", help="folder written by save_pretrained, or a Hub repo id")
+    parser.add_argument(
+        "path", help="folder written by save_pretrained, a training checkpoint folder, or a Hub repo id"
+    )
     parser.add_argument("--num-images", type=positive_int, default=64, help="images in the grid (default 64)")
     parser.add_argument("--out", default="grid.png", help="output PNG file (default grid.png)")
     parser.add_argument(
@@ -61,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="'saved' uses the pipeline's scheduler; 'ddim' swaps in diffusers' DDIMScheduler with the same betas",
     )
     parser.add_argument(
+        "--variance-type",
+        choices=VARIANCE_CHOICES,
+        default="saved",
+        help="reverse-process variance (default: the saved scheduler's); as ddpm-evaluate's option",
+    )
+    parser.add_argument(
         "--class-label",
         type=_class_label,
         default=None,
@@ -79,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="enlarge each image by this integer factor (default: enough to make cells >= 32 px)",
     )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -92,18 +118,34 @@ def _labels_for(class_label: int | str | None, count: int, offset: int, num_clas
     return [int(class_label)] * count
 
 
-def sample_grid(args: argparse.Namespace) -> tuple[np.ndarray, int]:
-    """Run the sampler as ``args`` say; returns (images as float (N, H, W, C) in [0, 1], steps)."""
-    from ..pipeline import ScratchDDPMPipeline, class_conditioning
+def load_sampling_pipeline(args: argparse.Namespace) -> tuple[object, int | None]:
+    """The pipeline ``args`` describe, on its device, and its number of classes (None: unconditional).
 
+    Everything that can be refused without sampling is checked here: the folder, the device, the
+    variance, class labels against the model, the step count against the scheduler.
+    """
+    from ..pipeline import ScratchDDPMPipeline, class_conditioning, class_label_tensors
+
+    device = resolve_device(args.device)
     pipeline = ScratchDDPMPipeline.from_pretrained(args.path)
     if args.scheduler == "ddim":
         from diffusers import DDIMScheduler
 
         pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
-    pipeline.to(resolve_device(args.device))
+    override_variance_type(pipeline, args.variance_type)
     conditioning = class_conditioning(pipeline.unet)
     num_classes = None if conditioning is None else conditioning[0]
+    class_label_tensors(  # labels in range, guidance with labels: refused now, not after loading a batch
+        pipeline.unet, _labels_for(args.class_label, 1, 0, num_classes), args.guidance_scale, 1, torch.device("cpu")
+    )
+    steps = args.num_inference_steps or pipeline.scheduler.config.num_train_timesteps
+    pipeline._set_timesteps(steps, torch.device("cpu"))
+    return pipeline.to(device), num_classes
+
+
+def sample_grid(args: argparse.Namespace) -> tuple[np.ndarray, int]:
+    """Run the sampler as ``args`` say; returns (images as float (N, H, W, C) in [0, 1], steps)."""
+    pipeline, num_classes = load_sampling_pipeline(args)
     steps = args.num_inference_steps or pipeline.scheduler.config.num_train_timesteps
     images = sample_with_image_seeds(
         pipeline,
@@ -112,7 +154,7 @@ def sample_grid(args: argparse.Namespace) -> tuple[np.ndarray, int]:
         batch_size=args.batch_size,
         seed=args.seed,
         class_labels_for=lambda count, offset: _labels_for(args.class_label, count, offset, num_classes),
-        describe_batches=True,
+        progress=not args.no_progress,
         guidance_scale=args.guidance_scale,
     )
     return images, steps
@@ -122,14 +164,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        out = check_output_file(args.out, "--out", tuple(PIL.Image.registered_extensions()))
         images, steps = sample_grid(args)
         height = images.shape[1]
         scale = args.scale or max(1, math.ceil(32 / height))
         grid = make_image_grid(images, cols=args.cols, scale=scale)
-        out = save_image_atomic(grid, args.out)
-    except (ValueError, OSError) as error:
-        parser.exit(1, f"ddpm-sample: error: {error}\n")
-    print(f"wrote {out}: {len(images)} images, {grid.size[0]}x{grid.size[1]} px, {steps} denoising steps")
+        write_output(lambda path: save_image_atomic(grid, path), out, "--out")
+    except USER_ERRORS as error:
+        exit_with_error(parser, error)
+    print(f"wrote {args.out}: {len(images)} images, {grid.size[0]}x{grid.size[1]} px, {steps} denoising steps")
     return 0
 
 

@@ -5,9 +5,11 @@
 * the sample-quality figures (:mod:`.quality`) of generated digits beside the same figures for
   real held-out digits, with the number of samples and sampling steps.
 
-Sample i is drawn with its own generator seeded ``seed + i`` (as ``ddpm-sample`` does), the bound's
-x_t draws with one generator seeded ``seed``: the figures do not depend on the batch size.
-A pipeline saved by stock diffusers (e.g. ``DDPMPipeline``) is evaluated by the same code.
+Samples come from ``seeded_sampling.sample_with_image_seeds`` (sample i from a generator seeded
+``seed + i``: the images ``ddpm-sample`` and the trainer's grids give for the same seed), the bound's
+x_t draws from one generator seeded ``seed``: the figures do not depend on the batch size.
+A pipeline saved by stock diffusers (e.g. ``DDPMPipeline``) is evaluated by the same code, and a
+training checkpoint folder (its EMA weights if it has them) too.
 """
 
 from __future__ import annotations
@@ -30,21 +32,27 @@ from .quality import SampleQualityReport, evaluate_samples, figure_rows, format_
 
 
 def load_pipeline(path: str | os.PathLike):
-    """A ``ScratchDDPMPipeline`` (folder or Hub repo id), or a stock diffusers pipeline folder (e.g. ``DDPMPipeline``).
+    """A ``ScratchDDPMPipeline`` (folder, training checkpoint or Hub repo id), or a stock diffusers
+    pipeline folder (e.g. ``DDPMPipeline``).
 
-    A local folder whose ``model_index.json`` names another pipeline class goes to diffusers' own loader;
+    A local folder whose ``model_index.json`` names another pipeline class goes to diffusers' own
+    loader, with safetensors weights only, checked as the package's loader checks them;
     everything else to ``ScratchDDPMPipeline.from_pretrained``, which tells folders from Hub ids.
     """
     from ..pipeline import ScratchDDPMPipeline
+    from ..pipeline_folder import declared_class_name, verify_stock_pipeline_weights
 
     index_file = Path(path).expanduser() / "model_index.json"
     if index_file.is_file():
-        declared = json.loads(index_file.read_text()).get("_class_name")
-        declared = declared[-1] if isinstance(declared, list) else declared
+        try:
+            declared = declared_class_name(json.loads(index_file.read_text(encoding="utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+            raise ValueError(f"pipeline index {str(index_file)!r} is not a valid JSON object: {error}") from error
         if declared != ScratchDDPMPipeline.__name__:
             from diffusers import DiffusionPipeline
 
-            return DiffusionPipeline.from_pretrained(index_file.parent)
+            verify_stock_pipeline_weights(index_file.parent)
+            return DiffusionPipeline.from_pretrained(index_file.parent, use_safetensors=True)
     return ScratchDDPMPipeline.from_pretrained(path)
 
 
@@ -68,12 +76,28 @@ def _unconditional_kwargs(unet: Any, batch: int, device: torch.device) -> dict[s
     return {"class_labels": torch.full((batch,), conditioning[1], dtype=torch.long, device=device)}
 
 
-def sample_digits(pipeline: Any, num_samples: int, num_inference_steps: int, batch_size: int, seed: int) -> np.ndarray:
-    """``num_samples`` generated digits as uint8 (N, H, W); sample i uses a CPU generator seeded ``seed + i``."""
+def sample_digits(
+    pipeline: Any, num_samples: int, num_inference_steps: int, batch_size: int, seed: int, progress: bool = False
+) -> np.ndarray:
+    """``num_samples`` generated digits as uint8 (N, H, W); sample i uses a CPU generator seeded ``seed + i``
+    (`sample_with_image_seeds`, one progress bar over all samples if ``progress``)."""
     images = sample_with_image_seeds(
-        pipeline, num_samples, num_inference_steps=num_inference_steps, batch_size=batch_size, seed=seed
+        pipeline, num_samples, num_inference_steps=num_inference_steps, batch_size=batch_size, seed=seed,
+        progress=progress,
     )
     return unit_range_to_uint8(images[..., 0])
+
+
+def _check_sampling_steps(scheduler: Any, steps: int) -> None:
+    """Refuse a step count the scheduler does not accept before the bound's long loop, not after it
+    (on a copy: the bound uses the scheduler as it is)."""
+    try:
+        type(scheduler).from_config(scheduler.config).set_timesteps(steps)
+    except (ValueError, ZeroDivisionError) as error:
+        raise ValueError(
+            f"num_inference_steps={steps} is not accepted by {type(scheduler).__name__} "
+            f"(num_train_timesteps={scheduler.config.num_train_timesteps}): {error}"
+        ) from error
 
 
 @dataclass
@@ -164,6 +188,8 @@ def evaluate_pipeline(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     T = scheduler.config.num_train_timesteps
     steps = T if num_inference_steps is None else num_inference_steps
+    if num_samples:
+        _check_sampling_steps(scheduler, steps)
     device = pipeline.device
     unet.eval()
     pipeline.set_progress_bar_config(disable=not progress)
@@ -186,7 +212,7 @@ def evaluate_pipeline(
         report.seconds["nll"] = time.perf_counter() - started
     if num_samples:
         started = time.perf_counter()
-        samples = sample_digits(pipeline, num_samples, steps, batch_size, seed)
+        samples = sample_digits(pipeline, num_samples, steps, batch_size, seed, progress=progress)
         report.seconds["sampling"] = time.perf_counter() - started
         report.quality = evaluate_samples(samples, cache_dir=classifier_cache_dir)
     return report

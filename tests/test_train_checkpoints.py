@@ -1,0 +1,302 @@
+"""Checkpoints are models, resuming never runs code from a file, a changed run is refused or warned
+about before training, and a diverged run stops loudly without saving NaN weights.
+
+Setting: 24 digit images in a folder, batch 8, 4 updates, a checkpoint every 2 (the "base" run);
+every other run starts from a copy of it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from _train_fixtures import (
+    TINY_RUN,
+    check_ok,
+    finish,
+    load_safetensors,
+    max_abs_difference,
+    run_train,
+    start_train,
+    write_digit_folder,
+)
+from training import checkpoint_state as state
+from training import checkpoints as ckpt
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "training_v0_1_0"
+STEPS = 4
+
+
+class _RunsCodeWhenUnpickled:
+    """Unpickling this writes `marker`: what a hostile checkpoint file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('the checkpoint ran code')",)
+
+
+def _hostile_pickle(path: Path, marker: Path) -> None:
+    torch.save({"numpy_random_seed": _RunsCodeWhenUnpickled(marker), "lr_scheduler": {}, "ema": None}, path)
+
+
+def test_the_hostile_pickle_would_run_code(tmp_path):
+    marker = tmp_path / "ran"
+    _hostile_pickle(tmp_path / "x.pkl", marker)
+    torch.load(tmp_path / "x.pkl", weights_only=False)
+    assert marker.read_text() == "the checkpoint ran code"
+
+
+def test_the_0_1_0_rng_allowlist_builds_uint32_arrays_only(tmp_path):
+    import numpy as np
+
+    marker = tmp_path / "ran"
+    torch.save({"key": np.zeros(624, dtype=np.uint32)}, tmp_path / "ok.pkl")
+    assert state.load_weights_only(tmp_path / "ok.pkl", state.NUMPY_RNG_ALLOWLIST)["key"].dtype == np.uint32
+    for name, array in [("objects", np.array([_RunsCodeWhenUnpickled(marker)], dtype=object)), ("floats", np.zeros(3))]:
+        torch.save({"key": array}, tmp_path / f"{name}.pkl")
+        with pytest.raises(state.UnsafeCheckpointError, match="only uint32"):
+            state.load_weights_only(tmp_path / f"{name}.pkl", state.NUMPY_RNG_ALLOWLIST)
+    assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    folder = write_digit_folder(root / "digits", 24)
+    args = TINY_RUN + ["--train_data_dir", str(folder), "--cache_dir", str(root / "cache"), "--learning_rate", "1e-3",
+                       "--checkpointing_steps", "2", "--dropout", "0.1"]
+    out = root / "base"
+    check_ok(run_train(args + ["--output_dir", str(out), "--max_train_steps", str(STEPS)]))
+    return {"root": root, "args": args, "out": out}
+
+
+def _copy(base, name: str) -> Path:
+    target = base["root"] / name
+    shutil.copytree(base["out"], target)
+    return target
+
+
+def _resume_args(base, out: Path, steps: int = STEPS + 2) -> list[str]:
+    return base["args"] + ["--output_dir", str(out), "--max_train_steps", str(steps), "--resume_from_checkpoint", "latest"]
+
+
+# ---- the folder ------------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_folder_is_a_diffusers_model_with_safe_training_state(base):
+    from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
+    from ddpm_from_scratch.unet import ScratchUNet2DModel
+
+    folder = base["out"] / "checkpoints" / f"checkpoint-{STEPS}"
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert files == {
+        "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+        "unet_ema/config.json", "unet_ema/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json", "optimizer.pt", "lr_scheduler.json", "ema.json",
+        "random_states_0.safetensors", "random_states_0.json", "training_options.json", "training_state.json",
+        "manifest.json",
+    }
+    ema = ScratchUNet2DModel.from_pretrained(folder, subfolder="unet_ema")
+    raw = ScratchUNet2DModel.from_pretrained(folder, subfolder="unet")
+    assert ema.config.in_channels == raw.config.in_channels == 1
+    scheduler = ScratchDDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    assert scheduler.config.prediction_type == "epsilon"
+    # the last checkpoint's EMA is the saved pipeline's UNet
+    pipeline_weights = load_safetensors(base["out"] / "unet" / "diffusion_pytorch_model.safetensors")
+    assert max_abs_difference(load_safetensors(folder / "unet_ema" / state.WEIGHTS_NAME), pipeline_weights) == 0.0
+    torch.load(folder / "optimizer.pt", weights_only=True)  # tensors and numbers only
+
+
+def test_set_aside_checkpoints_count_towards_the_limit_and_go_only_after_a_newer_good_one(tmp_path):
+    root = ckpt.checkpoints_root(tmp_path)
+    for name in ("checkpoint-2", "checkpoint-4.corrupt", "checkpoint-4", "checkpoint-6.corrupt"):
+        (root / name).mkdir(parents=True)
+    assert [p.name for p in ckpt.prune_checkpoints(root, 2)] == ["checkpoint-2", "checkpoint-4.corrupt"]
+    # checkpoint-6.corrupt is newer than the newest good checkpoint, which is never deleted: both stay
+    assert ckpt.prune_checkpoints(root, 1) == []
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-4", "checkpoint-6.corrupt"]
+    (root / "checkpoint-8").mkdir()
+    assert sorted(p.name for p in ckpt.prune_checkpoints(root, 1)) == ["checkpoint-4", "checkpoint-6.corrupt"]
+    assert ckpt.prune_checkpoints(root, None) == []
+
+
+def test_only_our_pipeline_staging_leftovers_are_removed(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    ours = Path(tempfile.mkdtemp(prefix=".out.saving-", dir=tmp_path))
+    (ours / "pipeline.py").write_text("# staged code")
+    empty = Path(tempfile.mkdtemp(prefix=".saving-", dir=out))
+    theirs = tmp_path / ".out.saving-userdata"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("not ours")
+    assert sorted(ckpt.remove_pipeline_staging_leftovers(out)) == sorted([ours, empty])
+    assert theirs.is_dir()
+
+
+# ---- nothing runs from a checkpoint --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hostile_runs(base):
+    """Resumes under --forbid-unsafe-loads: a clean copy, one with hostile pickles planted next to the
+    real files, one whose optimizer.pt is hostile, and 0.1.0 checkpoints with a hostile pickle."""
+    root = base["root"]
+    marker = root / "code-ran"
+    planted, bad_optimizer = _copy(base, "planted"), _copy(base, "bad_optimizer")
+    folder = planted / "checkpoints" / f"checkpoint-{STEPS}"
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scaler.pt"):
+        _hostile_pickle(folder / name, marker)
+    ckpt.write_manifest(folder)
+    _hostile_pickle(bad_optimizer / "checkpoints" / f"checkpoint-{STEPS}" / state.OPTIMIZER_NAME, marker)
+    ckpt.write_manifest(bad_optimizer / "checkpoints" / f"checkpoint-{STEPS}")
+    legacy = {}
+    for name in ("random_states_0.pkl", "custom_checkpoint_0.pkl"):
+        out = root / f"legacy_{name}"
+        shutil.copytree(FIXTURE / "checkpoints", out / "checkpoints")
+        _hostile_pickle(out / "checkpoints" / "checkpoint-2" / name, marker)
+        ckpt.write_manifest(out / "checkpoints" / "checkpoint-2")
+        legacy[name] = out
+    forbid = ["--forbid-unsafe-loads"]
+    legacy_patches = forbid + ["--digits-unet-config", str(FIXTURE / "unet_config.json")]
+    runs = {"clean": start_train(_resume_args(base, _copy(base, "clean")), patches=forbid),
+            "planted": start_train(_resume_args(base, planted), patches=forbid),
+            "bad_optimizer": start_train(_resume_args(base, bad_optimizer), patches=forbid)}
+    runs.update({name: start_train(_resume_args(base, out, 4), patches=legacy_patches) for name, out in legacy.items()})
+    return {name: finish(run) for name, run in runs.items()}, marker
+
+
+def test_resume_loads_no_pickle(hostile_runs):
+    runs, marker = hostile_runs
+    result = check_ok(runs["clean"])
+    assert f"checkpoint-{STEPS} at update {STEPS}" in result.stderr
+    check_ok(runs["planted"])  # the planted .pkl/.bin/.pt files are never opened
+    assert not marker.exists()
+
+
+def test_a_hostile_file_is_refused_and_not_run(hostile_runs):
+    runs, marker = hostile_runs
+    for name, file in [("bad_optimizer", state.OPTIMIZER_NAME), ("random_states_0.pkl", "random_states_0.pkl"),
+                       ("custom_checkpoint_0.pkl", "custom_checkpoint_0.pkl")]:
+        result = runs[name]
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert f"{file} holds objects other than tensors and plain data, so it was not loaded" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+# ---- what a resume refuses and warns about --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def changed_runs(base):
+    root = base["root"]
+    rgb = write_digit_folder(root / "rgb_digits", 24, mode="RGB")
+    no_rng = _copy(base, "no_rng")
+    for path in (no_rng / "checkpoints" / f"checkpoint-{STEPS}").glob("random_states_0.*"):
+        path.unlink()
+    ckpt.write_manifest(no_rng / "checkpoints" / f"checkpoint-{STEPS}")
+    commands = {
+        "prediction_type": _resume_args(base, _copy(base, "v")) + ["--prediction_type", "v_prediction"],
+        "shorter": _resume_args(base, _copy(base, "shorter"), STEPS - 1),
+        "rgb": [arg if arg != base["args"][base["args"].index("--train_data_dir") + 1] else str(rgb)
+                for arg in _resume_args(base, _copy(base, "rgb"))],
+        "learning_rate": _resume_args(base, _copy(base, "lr")) + ["--learning_rate", "5e-4"],
+        "no_rng": _resume_args(base, no_rng),
+    }
+    runs = {name: start_train(command) for name, command in commands.items()}
+    return {name: finish(run) for name, run in runs.items()}
+
+
+def test_an_option_that_changes_the_model_is_refused(changed_runs):
+    result = changed_runs["prediction_type"]
+    assert result.returncode == 2
+    assert (f"cannot resume from checkpoint-{STEPS}: --prediction_type: the checkpoint has 'epsilon', this run "
+            "'v_prediction'") in result.stderr
+    assert "resume with --prediction_type epsilon, or start a new run" in result.stderr
+
+
+def test_a_run_shorter_than_the_checkpoint_is_refused(changed_runs):
+    result = changed_runs["shorter"]
+    assert result.returncode == 2
+    assert f"--max_train_steps {STEPS - 1} asks for {STEPS - 1} updates, but checkpoint-{STEPS} has already done {STEPS}" \
+        in result.stderr
+
+
+def test_a_grey_checkpoint_on_rgb_data_is_refused_before_training(changed_runs):
+    result = changed_runs["rgb"]
+    assert result.returncode == 2
+    assert "its UNet takes 1-channel images, the training data has 3 channel(s) (grey vs RGB)" in result.stderr
+    assert "Traceback" not in result.stderr and "size mismatch" not in result.stderr
+
+
+def test_a_changed_learning_rate_is_warned_about_and_used(changed_runs, base):
+    result = check_ok(changed_runs["learning_rate"])
+    assert (f"WARNING training: --learning_rate changed since checkpoint-{STEPS}: it had 0.001, this run uses "
+            "0.0005") in result.stderr
+    saved = ckpt.read_training_state(base["root"] / "lr" / "checkpoints" / f"checkpoint-{STEPS + 2}")
+    assert saved["learning_rate"] == 5e-4
+
+
+def test_a_missing_rng_state_is_a_warning(changed_runs):
+    result = check_ok(changed_runs["no_rng"])
+    assert (f"WARNING training: the random number generators were not restored from checkpoint-{STEPS}: it has no "
+            "RNG state for process 0") in result.stderr
+    assert "no longer bit-reproducible" in result.stderr
+
+
+# ---- divergence and interrupted pipeline saves ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def failing_runs(base):
+    root = base["root"]
+    args = base["args"] + ["--logging_steps", "10", "--max_train_steps", "6"]
+    runs = {
+        "nan": start_train(args + ["--output_dir", str(root / "nan")], patches=["--nan-loss-at-update", "3"]),
+        "huge_lr": start_train(args + ["--output_dir", str(root / "huge_lr"), "--learning_rate", "1e6",
+                                       "--lr_warmup_steps", "0"]),
+        "killed_saving": start_train(base["args"] + ["--output_dir", str(root / "killed_saving"), "--max_train_steps",
+                                                     "2"], patches=["--kill-while-saving-pipeline"]),
+    }
+    return {name: finish(run) for name, run in runs.items()}
+
+
+def test_a_nan_loss_stops_the_run_at_that_update_and_saves_nothing_after_it(failing_runs, base):
+    result, out = failing_runs["nan"], base["root"] / "nan"
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "training diverged: the loss was NaN or infinite at update 3" in result.stderr
+    assert "the gradient norm was NaN or infinite at update 3" in result.stderr
+    assert f"the last good checkpoint, {out / 'checkpoints' / 'checkpoint-2'}, is intact" in result.stderr
+    assert [step for step, _ in ckpt.list_checkpoints(out / "checkpoints")] == [2]
+    assert ckpt.verify_checkpoint(out / "checkpoints" / "checkpoint-2") == []
+    assert not (out / "model_index.json").exists() and not (out / "unet").exists()
+    resumed = check_ok(run_train(base["args"] + ["--output_dir", str(out), "--logging_steps", "10",
+                                                 "--max_train_steps", "6", "--resume_from_checkpoint", "latest"]))
+    assert "checkpoint-2 at update 2" in resumed.stderr and (out / "model_index.json").is_file()
+
+
+def test_a_huge_learning_rate_fails_loudly(failing_runs, base):
+    result, out = failing_runs["huge_lr"], base["root"] / "huge_lr"
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "training diverged" in result.stderr
+    assert not (out / "model_index.json").exists()
+    for _, folder in ckpt.list_checkpoints(out / "checkpoints"):
+        assert all(torch.isfinite(t).all() for t in load_safetensors(folder / "unet" / state.WEIGHTS_NAME).values())
+
+
+def test_a_kill_during_the_pipeline_save_leaves_a_leftover_the_next_run_removes(failing_runs, base):
+    result, out = failing_runs["killed_saving"], base["root"] / "killed_saving"
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    leftovers = list(out.parent.glob(f".{out.name}.saving-*"))
+    assert len(leftovers) == 1 and not (out / "model_index.json").exists()
+    resumed = check_ok(run_train(base["args"] + ["--output_dir", str(out), "--max_train_steps", "2",
+                                                 "--resume_from_checkpoint", "latest"]))
+    assert f"removed {leftovers[0]}, left by a save that was interrupted" in resumed.stderr
+    assert not leftovers[0].exists() and (out / "model_index.json").is_file()
