@@ -32,7 +32,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

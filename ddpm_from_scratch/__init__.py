@@ -6,10 +6,11 @@ the command-line tools start fast.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from .lazy_exports import lazy_exports
+
+__version__ = "0.2.0"
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -34,13 +35,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .unet import UNET_PRESETS, ScratchUNet2DModel
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ddpm_from_scratch' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -3,31 +3,21 @@ time limits hold. What it measures on a GPU is not checked here (CI has no GPU).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from _benchmark_scripts import BENCHMARKS, load_script
+
 SCRIPT = BENCHMARKS / "gpu_check.py"
 RUN_ON_CPU = ("environment", "cuda_tests", "training_run", "train_bench", "sampling_bench")
 
 
 def load_gpu_check():
-    """The script as a module (it imports its sibling benchmarks/common.py, as when run as a script)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location("_gpu_check", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return load_script("gpu_check")
 
 
 def test_smoke_writes_one_markdown_and_one_json_with_every_part(tmp_path):

@@ -12,8 +12,9 @@ Needs the ``train`` extra (scikit-learn, datasets). The names below are imported
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ..lazy_exports import lazy_exports
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -37,13 +38,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .quality import SampleQualityEvaluator, SampleQualityReport, evaluate_samples, reference_report
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ddpm_from_scratch.digits' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
