@@ -74,7 +74,9 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         in_channels=1,
         out_channels=1,
         block_out_channels=(32, 64, 64),
-        layers_per_block=2,
+        # one res block per level: at 8x8 the second buys less than the extra updates its time pays for
+        # (docs/training.md, "Presets")
+        layers_per_block=1,
         attention_resolutions=(2,),
         dropout=0.1,
         norm_num_groups=8,

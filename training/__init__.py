@@ -17,7 +17,6 @@ Modules, one job each:
     components   the UNet, scheduler and pipeline this project trains and saves
     plots        the loss curve PNG (PIL only)
     train        the loop that ties them together
-    tune_digits_preset  the measurements behind the digits preset (full runs, time and sample quality)
 configs/ holds example accelerate configs; assets/ the samples and loss curve of the default digits run.
 """
 
