@@ -28,11 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from common import print_table
+
 TRAIN = Path(__file__).resolve().parents[1] / "training" / "train.py"
 
 # name -> (options added to `--preset digits`, overrides of the digits UNet preset's config)
 CANDIDATES: dict[str, tuple[list[str], dict[str, Any]]] = {
     "preset": ([], {}),
+    # the 0.2.0 preset: what `preset` meant when the table in docs/training.md was measured
+    "v0.2.0": (["--max_train_steps", "1500"], {"layers_per_block": 2}),
     "steps1000": (["--max_train_steps", "1000"], {}),
     "steps2000": (["--max_train_steps", "2000"], {}),
     "steps3000": (["--max_train_steps", "3000"], {}),
@@ -123,10 +127,7 @@ def main() -> None:
         table += [row for row in rows if row["name"] == name]
         if len(mine) > 1:
             table.append(summary(mine, columns))
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
-    for row in table:
-        print("| " + " | ".join(_cell(row.get(column, "")) for column in columns) + " |")
+    print_table(columns, [[_cell(row.get(column, "")) for column in columns] for row in table])
 
 
 def _cell(value: Any) -> str:
