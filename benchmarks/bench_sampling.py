@@ -37,7 +37,7 @@ warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functool
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import describe_device, print_table, software_versions, synchronize  # noqa: E402
 
-from ddpm_from_scratch.convert import convert_diffusers_unet, diffusers_config_from_scratch  # noqa: E402
+from ddpm_from_scratch.saving.convert_unet import convert_diffusers_unet, diffusers_config_from_scratch  # noqa: E402
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline  # noqa: E402
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler  # noqa: E402
 from ddpm_from_scratch.unet import UNET_PRESETS  # noqa: E402

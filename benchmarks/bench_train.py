@@ -1,9 +1,9 @@
 """Training-step throughput and peak memory: ScratchUNet2DModel vs diffusers' UNet2DModel, same run.
 
 One step is what training/train.py does per optimizer update (one micro-batch): draw t and the
-noise on the device, the forward process in float32 and L_simple (training.objective.diffusion_loss),
+noise on the device, the forward process in float32 and L_simple (ddpm_from_scratch.training.objective.diffusion_loss),
 backward, clip the gradient norm to 1, AdamW step, zero the gradients, EMA update
-(training.ema.ExponentialMovingAverage). Both models get the same config
+(ddpm_from_scratch.training.ema.ExponentialMovingAverage). Both models get the same config
 (convert.diffusers_config_from_scratch), the same batch, dtype, settings and step function; the
 step never reads a tensor back to the host (no .item()). Not included: data loading (the batch
 is a fixed tensor already on the device), the LR schedule, logging and checkpoints.
@@ -45,11 +45,11 @@ warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functool
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import describe_device, peak_memory_mib, print_table, software_versions, synchronize  # noqa: E402
 
-from ddpm_from_scratch.convert import diffusers_config_from_scratch  # noqa: E402
+from ddpm_from_scratch.saving.convert_unet import diffusers_config_from_scratch  # noqa: E402
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler  # noqa: E402
 from ddpm_from_scratch.unet import UNET_PRESETS, ScratchUNet2DModel  # noqa: E402
-from training.ema import ExponentialMovingAverage  # noqa: E402
-from training.objective import diffusion_loss  # noqa: E402
+from ddpm_from_scratch.training.ema import ExponentialMovingAverage  # noqa: E402
+from ddpm_from_scratch.training.objective import diffusion_loss  # noqa: E402
 
 DEFAULTS = {  # device type -> (presets, batch size per preset, mixed precision, iters per round)
     "cpu": ("digits,cifar10", {"digits": 64, "cifar10": 4}, "no", {"digits": 5, "cifar10": 1}),

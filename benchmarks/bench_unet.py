@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import describe_device, software_versions  # noqa: E402
 
-from ddpm_from_scratch.convert import diffusers_config_from_scratch  # noqa: E402
+from ddpm_from_scratch.saving.convert_unet import diffusers_config_from_scratch  # noqa: E402
 from ddpm_from_scratch.unet import UNET_PRESETS, ScratchUNet2DModel  # noqa: E402
 
 DEFAULT_BATCH = {"digits": 128, "cifar10": 8}

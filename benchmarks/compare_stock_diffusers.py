@@ -40,7 +40,7 @@ from common import describe_device, print_table  # noqa: E402
 from ddpm_from_scratch.digits.data import load_digits_dataset  # noqa: E402
 from ddpm_from_scratch.digits.evaluation import load_pipeline, sample_digits  # noqa: E402
 from ddpm_from_scratch.digits.quality import SampleQualityEvaluator  # noqa: E402
-from ddpm_from_scratch.image_utils import uint8_to_model_range  # noqa: E402
+from ddpm_from_scratch.sampling.images import uint8_to_model_range  # noqa: E402
 
 # train_unconditional.py's UNet (layers_per_block 2, one attention level second from the bottom, here
 # the only middle level) with 3 levels instead of 6, since 8x8 halves only twice to 2x2.

@@ -346,7 +346,7 @@ TITLES = {
 
 def run_part_here(name: str, config: Config, work: Path, result_path: Path) -> int:
     """The child's side: run one part and write {status, message, result} to result_path."""
-    from ddpm_from_scratch.atomic_io import write_json_atomic
+    from ddpm_from_scratch.saving.atomic_io import write_json_atomic
 
     try:
         record = {"status": "ok", "message": "", "result": PARTS[name](config, work)}
@@ -661,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--parts: unknown {unknown}; allowed values: {', '.join(PARTS)}")
     if not args.smoke and not _cuda_available():
         parser.error("no CUDA GPU here; --smoke runs the CPU mode")
-    from ddpm_from_scratch.atomic_io import atomic_write, write_json_atomic
+    from ddpm_from_scratch.saving.atomic_io import atomic_write, write_json_atomic
 
     budget = args.budget if args.budget is not None else config.budget_s
     started, started_utc = time.monotonic(), datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -39,12 +39,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import describe_device, markdown_table, software_versions  # noqa: E402
 
-from ddpm_from_scratch.atomic_io import write_json_atomic  # noqa: E402
+from ddpm_from_scratch.saving.atomic_io import write_json_atomic  # noqa: E402
 from ddpm_from_scratch.digits.data import held_out_digits  # noqa: E402
 from ddpm_from_scratch.digits.evaluation import _unconditional_kwargs, load_pipeline, sample_digits  # noqa: E402
 from ddpm_from_scratch.digits.quality import SampleQualityEvaluator  # noqa: E402
-from ddpm_from_scratch.image_utils import save_image_atomic, uint8_to_model_range  # noqa: E402
-from ddpm_from_scratch.likelihood import nll_bits_per_dim  # noqa: E402
+from ddpm_from_scratch.sampling.images import save_image_atomic, uint8_to_model_range  # noqa: E402
+from ddpm_from_scratch.bound.likelihood import nll_bits_per_dim  # noqa: E402
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler  # noqa: E402
 
 METHODS = ("fixed_small", "fixed_large", "analytic", "ddim")
@@ -182,7 +182,7 @@ def render_plot(result: dict, target_seconds: float | None = None):
     import PIL.ImageDraw
     import PIL.ImageFont
 
-    from training.plots import _nice_ticks
+    from ddpm_from_scratch.training.plots import _nice_ticks
 
     n = result["settings"]["num_images"]
     cells = result["cells"]

@@ -6,9 +6,28 @@ the command-line tools start fast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, Callable
 
-from .lazy_exports import lazy_exports
+
+def lazy_exports(package: str, exports: dict[str, str], namespace: dict) -> tuple[Callable, Callable]:
+    """``__getattr__`` and ``__dir__`` for ``package``, whose public ``name`` lives in ``.exports[name]``.
+
+    A loaded name is stored in ``namespace`` (the package's globals), so each module is imported once.
+    """
+
+    def __getattr__(name: str):
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{exports[name]}", package), name)
+        namespace[name] = value
+        return value
+
+    def __dir__():
+        return sorted(set(namespace) | set(exports))
+
+    return __getattr__, __dir__
+
 
 __version__ = "0.3.0"
 
@@ -18,19 +37,21 @@ _EXPORTS = {
     "ScratchDDPMSchedulerOutput": "scheduler",
     "ScratchUNet2DModel": "unet",
     "UNET_PRESETS": "unet",
-    "convert_diffusers_unet": "convert",
-    "ModelCardInfo": "model_card",
-    "nll_bits_per_dim": "likelihood",
+    "convert_diffusers_unet": "saving.convert_unet",
+    "ModelCardInfo": "saving.model_card",
+    "nll_bits_per_dim": "bound.likelihood",
     "ScratchDDPMPipeline": "pipeline",
+    "fit": "training",  # the `train` extra
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .convert import convert_diffusers_unet
-    from .model_card import ModelCardInfo
-    from .likelihood import nll_bits_per_dim
+    from .saving.convert_unet import convert_diffusers_unet
+    from .saving.model_card import ModelCardInfo
+    from .bound.likelihood import nll_bits_per_dim
     from .pipeline import ScratchDDPMPipeline
+    from .training import fit
     from .scheduler import ScratchDDPMScheduler, ScratchDDPMSchedulerOutput
     from .unet import UNET_PRESETS, ScratchUNet2DModel
 

@@ -446,7 +446,7 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         """
         if not safe_serialization:
             raise ValueError("safe_serialization must be True: this pipeline saves weights as safetensors only")
-        _unshipped_module("pipeline_folder").save_pipeline_folder(
+        _unshipped_module("saving.folder").save_pipeline_folder(
             self,
             save_directory,
             model_card=model_card,
@@ -475,7 +475,7 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         cannot apply here (use_safetensors=False, use_onnx=True, custom_pipeline, ...) are a ValueError
         saying why. A missing local folder is a FileNotFoundError naming it.
         """
-        return _unshipped_module("pipeline_folder").load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
+        return _unshipped_module("saving.folder").load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
 
     def push_to_hub(
         self,
@@ -501,7 +501,7 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         file or log, and the upload is refused if any file contains it. ``endpoint`` points the client
         at another Hub (default: HF_ENDPOINT or huggingface.co). Returns huggingface_hub's CommitInfo.
         """
-        return _unshipped_module("hub_upload").push_pipeline(
+        return _unshipped_module("saving.hub").push_pipeline(
             self,
             repo_id,
             private=private,

@@ -185,7 +185,7 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
                     "variance_type='analytic' needs analytic_eps_sq_mean, Gamma_t = E ||eps_theta(x_t, t)||^2 / d "
                     "for each of the num_train_timesteps timesteps; estimate it for a saved pipeline with "
                     "`ddpm-estimate-variance PATH --num-images N` (or "
-                    "ddpm_from_scratch.analytic_variance.estimate_eps_sq_mean)"
+                    "ddpm_from_scratch.bound.analytic_variance.estimate_eps_sq_mean)"
                 )
             return None
         array = np.asarray(eps_sq_mean.detach().cpu() if isinstance(eps_sq_mean, torch.Tensor) else eps_sq_mean)

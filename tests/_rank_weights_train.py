@@ -1,9 +1,9 @@
-"""training.train's command line, with every process also writing the weights it holds.
+"""ddpm_from_scratch.training.trainer's command line, with every process also writing the weights it holds.
 
 Only the main process saves weights (checkpoints, the pipeline), so the weights the other processes
 hold never reach the disk. Launched instead of train.py
 (`accelerate launch tests/_rank_weights_train.py <train.py arguments>`), this script wraps two
-public accelerate calls the trainer makes on every process, then runs training.train.cli unchanged:
+public accelerate calls the trainer makes on every process, then runs ddpm_from_scratch.training.trainer.cli unchanged:
 
     Accelerator.prepare       -> $RANK_WEIGHTS_DIR/rank<process_index>/prepared.safetensors  (weights before training)
     Accelerator.end_training  -> $RANK_WEIGHTS_DIR/rank<process_index>/final.safetensors     (weights after it)
@@ -69,6 +69,6 @@ def end_training(self) -> None:
 accelerate.Accelerator.prepare, accelerate.Accelerator.end_training = prepare, end_training
 
 if __name__ == "__main__":
-    from training.train import cli
+    from ddpm_from_scratch.training.trainer import cli
 
     sys.exit(cli(sys.argv[1:]))

@@ -11,7 +11,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO_ROOT / "training" / "train.py"
-# training.train's command line with test-side patches (a SIGKILL at a checkpoint, a smaller UNet preset)
+# ddpm_from_scratch.training.trainer's command line with test-side patches (a SIGKILL at a checkpoint, a smaller UNet preset)
 TRAIN_LAUNCHER = Path(__file__).resolve().parent / "_train_launcher.py"
 
 # A run of a few updates that still goes through every part of the trainer: sampling with 3
@@ -38,7 +38,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 def launcher_command(args: list[str], patches: list[str]) -> list[str]:
-    """The command running training.train's cli on `args` through tests/_train_launcher.py with `patches`
+    """The command running ddpm_from_scratch.training.trainer's cli on `args` through tests/_train_launcher.py with `patches`
     (e.g. ["--kill-after-checkpoint", "4"])."""
     return [sys.executable, str(TRAIN_LAUNCHER), *patches, "--", *args]
 

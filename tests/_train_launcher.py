@@ -1,4 +1,4 @@
-"""Run training.train's command line with test-side patches, in a fresh process.
+"""Run ddpm_from_scratch.training.trainer's command line with test-side patches, in a fresh process.
 
     python tests/_train_launcher.py [--kill-after-checkpoint STEP] [--kill-while-checkpointing STEP]
                                     [--kill-while-saving-pipeline] [--nan-loss-at-update N]
@@ -15,7 +15,7 @@
 --digits-unet-config PATH         build the "digits" UNet preset from this config.json instead
                                   (e.g. the small UNet of a saved fixture)
 
-The patches replace functions of training.checkpoints / training.train before the command line
+The patches replace functions of ddpm_from_scratch.training.checkpoints / ddpm_from_scratch.training.trainer before the command line
 runs, so production code carries no test hooks.
 """
 
@@ -33,8 +33,8 @@ def _kill_self() -> None:
 
 
 def install_patches(args: argparse.Namespace) -> None:
-    import training.checkpoints as checkpoints
-    import training.train as train
+    import ddpm_from_scratch.training.checkpoints as checkpoints
+    import ddpm_from_scratch.training.trainer as train
 
     if args.kill_while_checkpointing is not None:
         staging_name = f"{checkpoints.STAGING_PREFIX}checkpoint-{args.kill_while_checkpointing}"
@@ -59,7 +59,7 @@ def install_patches(args: argparse.Namespace) -> None:
         train.save_checkpoint = save_checkpoint_then_die  # the trainer imported it by name
 
     if args.kill_while_saving_pipeline:
-        import ddpm_from_scratch.pipeline_folder as pipeline_folder
+        import ddpm_from_scratch.saving.folder as pipeline_folder
 
         move_into_place = pipeline_folder._move_into_place
 
@@ -94,7 +94,7 @@ def install_patches(args: argparse.Namespace) -> None:
 
         with open(args.digits_unet_config) as handle:
             config = {key: value for key, value in json.load(handle).items() if not key.startswith("_")}
-        UNET_PRESETS["digits"] = config  # the same dict object training.components reads
+        UNET_PRESETS["digits"] = config  # the same dict object ddpm_from_scratch.training.components reads
 
 
 class UnsafeLoadAttempted(AssertionError):
@@ -139,7 +139,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--digits-unet-config", default=None)
     install_patches(parser.parse_args(own))
 
-    from training.train import cli
+    from ddpm_from_scratch.training.trainer import cli
 
     return cli(train_argv)
 

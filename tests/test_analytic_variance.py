@@ -21,14 +21,14 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from ddpm_from_scratch.analytic_variance import estimate_eps_sq_mean, evaluated_timesteps
+from ddpm_from_scratch.bound.analytic_variance import estimate_eps_sq_mean, evaluated_timesteps
 from ddpm_from_scratch.diffusion_math import (
     DiffusionChain,
     analytic_variance,
     analytic_variance_bounds,
     analytic_variance_unclipped,
 )
-from ddpm_from_scratch.likelihood import nll_bits_per_dim
+from ddpm_from_scratch.bound.likelihood import nll_bits_per_dim
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 
 F64 = torch.float64

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from ddpm_from_scratch.atomic_io import atomic_path, atomic_write, write_bytes_atomic, write_json_atomic
+from ddpm_from_scratch.saving.atomic_io import atomic_path, atomic_write, write_bytes_atomic, write_json_atomic
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):

@@ -14,7 +14,7 @@ from _pipeline_fixtures import (  # noqa: F401 (single_torch_thread: autouse fix
     tiny_scratch_unet,
 )
 
-from ddpm_from_scratch.analytic_variance import estimate_eps_sq_mean
+from ddpm_from_scratch.bound.analytic_variance import estimate_eps_sq_mean
 from ddpm_from_scratch.cli.estimate_variance import main, training_images
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler

@@ -16,8 +16,8 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from ddpm_from_scratch.cli.evaluate import main
 from ddpm_from_scratch.digits.data import held_out_digits
 from ddpm_from_scratch.digits.evaluation import evaluate_pipeline, load_pipeline, sample_digits
-from ddpm_from_scratch.image_utils import uint8_to_model_range
-from ddpm_from_scratch.likelihood import nll_bits_per_dim
+from ddpm_from_scratch.sampling.images import uint8_to_model_range
+from ddpm_from_scratch.bound.likelihood import nll_bits_per_dim
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 from ddpm_from_scratch.unet import ScratchUNet2DModel

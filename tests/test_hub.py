@@ -26,10 +26,10 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load as load_safetensors
 
-from ddpm_from_scratch.hub_upload import uploadable_files
-from ddpm_from_scratch.model_card import GENERATED_END, GENERATED_START, ModelCardInfo, redact_secrets
+from ddpm_from_scratch.saving.hub import uploadable_files
+from ddpm_from_scratch.saving.model_card import GENERATED_END, GENERATED_START, ModelCardInfo, redact_secrets
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
-from ddpm_from_scratch.remote_code import CodeLayoutError
+from ddpm_from_scratch.saving.shipped_code import CodeLayoutError
 
 TOKEN = "hf_loopbackTestTokenDoNotLeak0123456789"
 CALL = {"batch_size": 2, "class_labels": [1, 2], "guidance_scale": 2.0, "num_inference_steps": 3, "output_type": "np"}
@@ -220,7 +220,7 @@ def test_a_model_whose_module_imports_siblings_is_refused_before_creating_the_re
     assert hub.calls == []
 
     # a local folder is fine (diffusers copies siblings from disk), with a warning about the Hub
-    with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.pipeline_folder"):
+    with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.saving.folder"):
         pipe.save_pretrained(tmp_path / "local")
     assert (tmp_path / "local" / "unet" / "helper.py").is_file()
     assert "imports sibling modules ['helper.py']" in caplog.text

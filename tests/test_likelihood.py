@@ -13,7 +13,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from ddpm_from_scratch.likelihood import (
+from ddpm_from_scratch.bound.likelihood import (
     LN2,
     VariationalBound,
     discretized_gaussian_log_likelihood,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from ddpm_from_scratch.losses import LOSS_TYPES, hybrid_loss, simple_loss, training_loss, vlb_loss
+from ddpm_from_scratch.bound.losses import LOSS_TYPES, hybrid_loss, simple_loss, training_loss, vlb_loss
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 
 F64 = torch.float64

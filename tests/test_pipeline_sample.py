@@ -15,7 +15,7 @@ from _pipeline_fixtures import (  # noqa: F401 (single_torch_thread: autouse fix
 )
 from PIL import Image
 
-from ddpm_from_scratch.image_utils import make_image_grid, save_image_atomic, uint8_to_model_range, unit_range_to_uint8
+from ddpm_from_scratch.sampling.images import make_image_grid, save_image_atomic, uint8_to_model_range, unit_range_to_uint8
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 from ddpm_from_scratch.cli.args import resolve_device
 from ddpm_from_scratch.cli.sample import main

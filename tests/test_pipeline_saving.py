@@ -27,13 +27,13 @@ from diffusers import DDIMScheduler, DDPMPipeline, DiffusionPipeline
 from safetensors.torch import load_file
 
 import ddpm_from_scratch
-from ddpm_from_scratch.model_card import GENERATED_START, ModelCardInfo
+from ddpm_from_scratch.saving.model_card import GENERATED_START, ModelCardInfo
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
-from ddpm_from_scratch.pipeline_folder import is_hub_repo_id
-from ddpm_from_scratch.remote_code import CodeLayoutError, code_closure, relative_imports
+from ddpm_from_scratch.saving.folder import is_hub_repo_id
+from ddpm_from_scratch.saving.shipped_code import CodeLayoutError, code_closure, relative_imports
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 from ddpm_from_scratch.unet import ScratchUNet2DModel
-from ddpm_from_scratch.weights_integrity import WeightsChecksumError
+from ddpm_from_scratch.saving.checksums import WeightsChecksumError
 
 PACKAGE_DIR = Path(ddpm_from_scratch.__file__).parent
 STEPS = 3
@@ -481,7 +481,7 @@ def test_a_variant_and_shards_get_their_own_checksums_and_verify(original, saved
 
 def test_a_folder_without_checksums_loads_with_a_warning(saved_copy, expected_images, caplog):
     (saved_copy / "unet" / "diffusion_pytorch_model.safetensors.sha256").unlink()
-    with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.pipeline_folder"):
+    with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.saving.folder"):
         loaded = ScratchDDPMPipeline.from_pretrained(saved_copy)
     assert "diffusion_pytorch_model.safetensors': no SHA-256 recorded" in caplog.text
     assert "loaded without verifying" in caplog.text
@@ -585,6 +585,6 @@ def test_a_damaged_checkpoint_is_refused_and_one_without_manifest_warns(tmp_path
     with pytest.raises(WeightsChecksumError, match=r"unet_ema/diffusion_pytorch_model\.safetensors' is corrupted"):
         ScratchDDPMPipeline.from_pretrained(folder)
     (folder / "manifest.json").unlink()
-    with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.pipeline_folder"):
+    with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.saving.folder"):
         ScratchDDPMPipeline.from_pretrained(folder)
     assert "unet_ema/diffusion_pytorch_model.safetensors': no SHA-256 recorded" in caplog.text

@@ -21,7 +21,7 @@ from ddpm_from_scratch.diffusion_math import (
     VARIANCE_TYPES,
     split_model_output,
 )
-from ddpm_from_scratch.likelihood import vlb_term
+from ddpm_from_scratch.bound.likelihood import vlb_term
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 
 F64 = torch.float64

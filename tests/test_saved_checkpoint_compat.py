@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from _train_fixtures import TINY_RUN, check_ok, run_train, write_digit_folder
-from training import checkpoints as ckpt
+from ddpm_from_scratch.training import checkpoints as ckpt
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "training_v0_1_0"
 SAVED_STEPS = 2

@@ -17,11 +17,11 @@ from _train_fixtures import (
     run_train,
     write_digit_folder,
 )
-from ddpm_from_scratch.atomic_io import write_json_atomic
-from ddpm_from_scratch.image_utils import uint8_to_model_range
-from training import checkpoints as ckpt
-from training.config import parse_options
-from training.data import (
+from ddpm_from_scratch.saving.atomic_io import write_json_atomic
+from ddpm_from_scratch.sampling.images import uint8_to_model_range
+from ddpm_from_scratch.training import checkpoints as ckpt
+from ddpm_from_scratch.training.config import parse_options
+from ddpm_from_scratch.training.data import (
     PreloadedImages,
     ShardedEpochOrder,
     find_image_column,
@@ -29,8 +29,8 @@ from training.data import (
     prepare_training_data,
     to_uint8_array,
 )
-from training.ema import ExponentialMovingAverage
-from training.objective import diffusion_loss, drop_class_labels, random_horizontal_flip
+from ddpm_from_scratch.training.ema import ExponentialMovingAverage
+from ddpm_from_scratch.training.objective import diffusion_loss, drop_class_labels, random_horizontal_flip
 
 
 @pytest.fixture(autouse=True)
@@ -283,7 +283,7 @@ def test_latest_skips_damaged_and_unfinished_checkpoints(tmp_path):
 
 
 def _main_error(argv: list[str]) -> str:
-    from training.train import SetupError, main
+    from ddpm_from_scratch.training.trainer import SetupError, main
 
     with pytest.raises(SetupError) as error:
         main(argv + ["--report_to", "none"])
@@ -368,7 +368,7 @@ def _tiny(tmp_path, *extra: str) -> list[str]:
 
 
 def test_class_conditional_rgb_folder_with_bf16_checkpointing_and_epochs(tmp_path):
-    from training.train import main
+    from ddpm_from_scratch.training.trainer import main
 
     folder = write_digit_folder(tmp_path / "digits", 40, with_labels=True, mode="RGB", size=12)
     out = main(_tiny(tmp_path, "--train_data_dir", str(folder), "--cache_dir", str(tmp_path / "cache"),
@@ -384,7 +384,7 @@ def test_class_conditional_rgb_folder_with_bf16_checkpointing_and_epochs(tmp_pat
 
 
 def test_hybrid_loss_trains_a_learned_range_model_that_samples(tmp_path):
-    from training.train import main
+    from ddpm_from_scratch.training.trainer import main
 
     from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 
@@ -403,7 +403,7 @@ def test_push_to_hub_uploads_the_pipeline_with_its_card_and_never_the_checkpoint
 
     import huggingface_hub
 
-    from training.train import main
+    from ddpm_from_scratch.training.trainer import main
 
     calls = {}
 
@@ -476,7 +476,7 @@ def test_unusable_output_dir_is_refused_before_training(tmp_path, make_output_di
 
 
 def test_output_dir_rule_accepts_our_own_outputs_and_overwrite(tmp_path):
-    from training.config import foreign_outputs, prepare_output_dir
+    from ddpm_from_scratch.training.config import foreign_outputs, prepare_output_dir
 
     def opts(folder, *extra):
         return parse_options(["--output_dir", str(folder), *extra])
@@ -561,7 +561,7 @@ def test_colour_images_after_many_grayscale_ones_make_the_run_rgb_with_a_warning
     folder = write_digit_folder(tmp_path / "data", 70)  # more grayscale files than any probe of the first few
     Image.new("RGB", (8, 8), (200, 30, 30)).save(folder / "zz_red.png")
     opts = parse_options(["--train_data_dir", str(folder), "--cache_dir", str(tmp_path / "cache")])
-    with caplog.at_level("WARNING", logger="training.data"):
+    with caplog.at_level("WARNING", logger="ddpm_from_scratch.training.data"):
         data = prepare_training_data(opts)
     assert data.num_channels == 3
     warning = " ".join(record.getMessage() for record in caplog.records)
@@ -603,7 +603,7 @@ TINY_UNET = dict(block_out_channels=[16, 32], layers_per_block=1, attention_reso
 
 
 def _model_config(tmp_path: Path, kind: str) -> Path:
-    from ddpm_from_scratch.convert import diffusers_config_from_scratch
+    from ddpm_from_scratch.saving.convert_unet import diffusers_config_from_scratch
 
     scratch = {"_class_name": "ScratchUNet2DModel", "sample_size": 8, "in_channels": 1, "out_channels": 1,
                "dropout": 0.0, **TINY_UNET}
@@ -623,7 +623,7 @@ def _model_config(tmp_path: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize("kind", ["scratch_file", "diffusers_folder", "pipeline_folder"])
 def test_model_config_name_or_path_builds_the_unet(tmp_path, kind):
-    from training.train import main
+    from ddpm_from_scratch.training.trainer import main
 
     out = main(_tiny(tmp_path, "--model_config_name_or_path", str(_model_config(tmp_path, kind)),
                      "--max_train_steps", "1", "--num_grid_images", "2", "--no-use_ema"))
@@ -654,7 +654,7 @@ def test_missing_model_config_is_refused(tmp_path):
 
 
 def test_save_images_epochs_samples_after_every_nth_epoch(tmp_path):
-    from training.train import main
+    from ddpm_from_scratch.training.trainer import main
 
     folder = write_digit_folder(tmp_path / "digits", 24)  # batch 8: 3 updates per epoch
     out = main(_tiny(tmp_path, "--train_data_dir", str(folder), "--cache_dir", str(tmp_path / "cache"),
@@ -669,11 +669,11 @@ def test_save_images_epochs_samples_after_every_nth_epoch(tmp_path):
 def test_final_grid_holds_the_images_sample_with_image_seeds_gives_for_the_saved_model(tmp_path, conditional):
     from PIL import Image
 
-    from ddpm_from_scratch.image_utils import to_pil_images
+    from ddpm_from_scratch.sampling.images import to_pil_images
     from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
-    from ddpm_from_scratch.seeded_sampling import sample_with_image_seeds
-    from training.components import grid_class_labels, grid_of
-    from training.train import main
+    from ddpm_from_scratch.sampling.seeded import sample_with_image_seeds
+    from ddpm_from_scratch.training.components import grid_class_labels, grid_of
+    from ddpm_from_scratch.training.trainer import main
 
     extra = ["--max_train_steps", "2", "--num_grid_images", "5", "--eval_batch_size", "2", "--seed", "7"]
     if conditional:
@@ -692,7 +692,7 @@ def test_final_grid_holds_the_images_sample_with_image_seeds_gives_for_the_saved
 def test_sample_grids_go_to_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from training.train import main
+    from ddpm_from_scratch.training.trainer import main
 
     out = main(_tiny(tmp_path, "--max_train_steps", "2", "--save_images_steps", "1", "--report_to", "tensorboard"))
     run_folder = out / "logs" / "ddpm_from_scratch"  # its sub-folders hold the hparams
@@ -711,7 +711,7 @@ def test_sample_grids_go_to_tensorboard(tmp_path):
 
 def test_sample_grids_go_to_wandb_offline(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    from training.train import main
+    from ddpm_from_scratch.training.trainer import main
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
@@ -727,7 +727,7 @@ def test_sample_grids_go_to_wandb_offline(tmp_path, monkeypatch):
 
 def test_fit_trains_from_python_and_returns_the_output_folder(tmp_path):
     from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
-    from training import fit
+    from ddpm_from_scratch.training import fit
 
     out = fit(preset="digits", output_dir=str(tmp_path / "digits-ddpm"), max_train_steps=1, train_batch_size=8,
               num_grid_images=2, grid_inference_steps=2, report_to="none", use_ema=False, checkpointing_steps=None)

@@ -25,8 +25,8 @@ from _train_fixtures import (
     start_train,
     write_digit_folder,
 )
-from training import checkpoint_state as state
-from training import checkpoints as ckpt
+from ddpm_from_scratch.training import checkpoint_state as state
+from ddpm_from_scratch.training import checkpoints as ckpt
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "training_v0_1_0"
 STEPS = 4

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from _train_fixtures import REPO_ROOT, TINY_RUN, check_ok, finish, load_safetensors, max_abs_difference, subprocess_env
-from training import checkpoints as ckpt
+from ddpm_from_scratch.training import checkpoints as ckpt
 
 WRAPPER = Path(__file__).resolve().parent / "_rank_weights_train.py"
 MACHINES = 2

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from _train_fixtures import REPO_ROOT, TINY_RUN, check_ok, run_train
-from training import checkpoints as ckpt
+from ddpm_from_scratch.training import checkpoints as ckpt
 
 CONFIGS = REPO_ROOT / "training" / "configs"
 

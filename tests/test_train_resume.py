@@ -24,7 +24,7 @@ from _train_fixtures import (
     start_train,
     write_digit_folder,
 )
-from training import checkpoints as ckpt
+from ddpm_from_scratch.training import checkpoints as ckpt
 
 STEPS = 6
 RAW_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"

@@ -10,8 +10,8 @@ import statistics
 import pytest
 
 from _benchmark_scripts import load_script
-from training.components import load_unet_config
-from training.config import parse_options
+from ddpm_from_scratch.training.components import load_unet_config
+from ddpm_from_scratch.training.config import parse_options
 
 tune = load_script("tune_digits_preset")
 

@@ -17,7 +17,7 @@ from _unet_fixtures import DIFFUSERS_CIFAR10_CONFIG
 from diffusers import UNet2DModel
 
 from ddpm_from_scratch.cli.convert import main
-from ddpm_from_scratch.convert import (
+from ddpm_from_scratch.saving.convert_unet import (
     convert_diffusers_unet,
     convert_state_dict,
     diffusers_config_from_scratch,

@@ -7,7 +7,7 @@ SOURCE is a local diffusers model folder, a pipeline folder with a ``unet/`` sub
 yet, or be an empty folder: nothing is overwritten. The model is written to a staging folder next to
 OUTPUT and renamed into place, so a failed run leaves no half-written model. Every bad argument ends
 the command with one ``ddpm-convert-unet: error: ...`` line and exit status 2.
-The conversion itself: :func:`ddpm_from_scratch.convert.convert_diffusers_unet`.
+The conversion itself: :func:`ddpm_from_scratch.saving.convert_unet.convert_diffusers_unet`.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--subfolder", default=None, help="subfolder of source holding the UNet (default: auto)")
     args = parser.parse_args(argv)
 
-    from ..convert import convert_diffusers_unet
+    from ..saving.convert_unet import convert_diffusers_unet
 
     try:
         output = _check_output(args.output)

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from ..atomic_io import write_json_atomic
+from ..saving.atomic_io import write_json_atomic
 from .args import int_at_least, positive_int, resolve_device
 
 DATASETS = ("builtin:digits",)
@@ -57,7 +57,7 @@ def training_images(dataset: str, num_images: int, seed: int) -> torch.Tensor:
     if dataset not in DATASETS:
         raise ValueError(f"--dataset must be one of {DATASETS}, got {dataset!r}")
     from ..digits.data import digits_as_uint8, split_indices
-    from ..image_utils import uint8_to_model_range
+    from ..sampling.images import uint8_to_model_range
 
     images, labels = digits_as_uint8()
     train, _ = split_indices(labels)
@@ -80,7 +80,7 @@ def scheduler_config_file(path: str) -> Path:
 
 def estimate(args: argparse.Namespace) -> tuple[Path, dict]:
     """Run the estimate as ``args`` say and write it; returns (config file, summary)."""
-    from ..analytic_variance import estimate_eps_sq_mean
+    from ..bound.analytic_variance import estimate_eps_sq_mean
     from ..digits.evaluation import _unconditional_kwargs, load_pipeline
 
     config_file = scheduler_config_file(args.path)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ..atomic_io import write_json_atomic
+from ..saving.atomic_io import write_json_atomic
 from .args import (
     USER_ERRORS,
     VARIANCE_CHOICES,

@@ -24,8 +24,8 @@ import torch
 
 import PIL.Image
 
-from ..image_utils import make_image_grid, save_image_atomic
-from ..seeded_sampling import sample_with_image_seeds
+from ..sampling.images import make_image_grid, save_image_atomic
+from ..sampling.seeded import sample_with_image_seeds
 from .args import (
     USER_ERRORS,
     VARIANCE_CHOICES,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from training.train import cli
+    from ddpm_from_scratch.training.trainer import cli
 
     return cli(argv)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..lazy_exports import lazy_exports
+from .. import lazy_exports
 
 # public name -> module that defines it
 _EXPORTS = {

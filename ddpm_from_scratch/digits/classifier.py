@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic_io import atomic_path
-from ..image_utils import uint8_to_model_range
+from ..saving.atomic_io import atomic_path
+from ..sampling.images import uint8_to_model_range
 from .data import (
     DEFAULT_HELD_OUT_FRACTION,
     DEFAULT_SPLIT_SEED,

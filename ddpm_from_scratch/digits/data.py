@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..image_utils import unit_range_to_uint8
+from ..sampling.images import unit_range_to_uint8
 
 DIGITS_RESOLUTION = 8
 DIGITS_NUM_CLASSES = 10

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..image_utils import uint8_to_model_range, unit_range_to_uint8
-from ..likelihood import VariationalBound, nll_bits_per_dim
-from ..seeded_sampling import sample_with_image_seeds
+from ..sampling.images import uint8_to_model_range, unit_range_to_uint8
+from ..bound.likelihood import VariationalBound, nll_bits_per_dim
+from ..sampling.seeded import sample_with_image_seeds
 from .data import DIGITS_RESOLUTION, held_out_digits
 from .quality import SampleQualityReport, evaluate_samples, figure_rows, format_figure_table
 
@@ -40,7 +40,7 @@ def load_pipeline(path: str | os.PathLike):
     everything else to ``ScratchDDPMPipeline.from_pretrained``, which tells folders from Hub ids.
     """
     from ..pipeline import ScratchDDPMPipeline
-    from ..pipeline_folder import declared_class_name, verify_stock_pipeline_weights
+    from ..saving.folder import declared_class_name, verify_stock_pipeline_weights
 
     index_file = Path(path).expanduser() / "model_index.json"
     if index_file.is_file():

@@ -20,10 +20,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .diffusion_math import predict_eps, split_model_output
+from ..diffusion_math import predict_eps, split_model_output
 from .likelihood import call_model
-from .scheduler import ScratchDDPMScheduler
-from .tensor_utils import draw_noise, require_int
+from ..scheduler import ScratchDDPMScheduler
+from ..tensor_utils import draw_noise, require_int
 
 
 @dataclass

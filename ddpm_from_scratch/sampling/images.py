@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .atomic_io import atomic_write
+from ..saving.atomic_io import atomic_write
 
 ImageBatch = Sequence[PIL.Image.Image] | np.ndarray | torch.Tensor
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from .diffusion_math import LEARNED_VARIANCE_TYPES, split_model_output
+from ..diffusion_math import LEARNED_VARIANCE_TYPES, split_model_output
 from .likelihood import nats_to_bits_per_dim, vlb_term
-from .scheduler import ScratchDDPMScheduler
+from ..scheduler import ScratchDDPMScheduler
 
 LOSS_TYPES = ("simple", "hybrid")
 DEFAULT_LAMBDA_VLB = 0.001

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .unet import ScratchUNet2DModel
+from ..unet import ScratchUNet2DModel
 
 # UNet2DModel config keys that ScratchUNet2DModel has under the same name and with the same meaning
 _SHARED_CONFIG_KEYS = (

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from training.checkpoint_state import apply_checkpoint, read_checkpoint
-from training.checkpoints import (
+from ddpm_from_scratch.training.checkpoint_state import apply_checkpoint, read_checkpoint
+from ddpm_from_scratch.training.checkpoints import (
     list_checkpoints,
     plan_resume,
     read_training_state,

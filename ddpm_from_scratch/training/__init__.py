@@ -2,11 +2,11 @@
 the installed command `ddpm-train ...` (the `train` extra: pip install "ddpm-from-scratch[train]"), or
 from Python (a notebook):
 
-    from training import fit
+    from ddpm_from_scratch.training import fit
     out = fit(preset="digits", output_dir="digits-ddpm", max_train_steps=200)
     pipe = ScratchDDPMPipeline.from_pretrained(out)
 
-(`fit`, not `train`: `training.train` is the trainer's module.)
+(`fit`, not `train`: `ddpm_from_scratch.training.trainer` is the trainer's module.)
 
 Modules, one job each:
     config       command line, presets, checks that need no data, the output folder checks
@@ -35,8 +35,8 @@ def fit(preset: str = "digits", **options: Any) -> Path:
     ValueError raised before training starts. Load the result with
     ``ScratchDDPMPipeline.from_pretrained(fit(...))``.
     """
-    from training.config import options_as_argv
-    from training.train import main
+    from ddpm_from_scratch.training.config import options_as_argv
+    from ddpm_from_scratch.training.trainer import main
 
     return main(options_as_argv(preset=preset, **options))
 

@@ -31,9 +31,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 
 from .atomic_io import atomic_write
-from .weights_integrity import CHECKSUM_SUFFIX, manifest_checksums, verify_weights_files, write_checksum_files
+from .checksums import CHECKSUM_SUFFIX, manifest_checksums, verify_weights_files, write_checksum_files
 from .model_card import MODEL_CARD_NAME, ModelCardInfo, write_model_card
-from .remote_code import (
+from .shipped_code import (
     LIBRARY_COMPONENTS,
     CodeLayoutError,
     class_source_file,

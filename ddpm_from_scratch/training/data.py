@@ -36,7 +36,7 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
-from ddpm_from_scratch.image_utils import uint8_to_model_range
+from ddpm_from_scratch.sampling.images import uint8_to_model_range
 
 from .config import BUILTIN_DIGITS, TrainingOptions
 

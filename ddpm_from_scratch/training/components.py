@@ -15,11 +15,11 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
-from ddpm_from_scratch.image_utils import make_image_grid, to_pil_images
-from ddpm_from_scratch.model_card import ModelCardInfo
+from ddpm_from_scratch.sampling.images import make_image_grid, to_pil_images
+from ddpm_from_scratch.saving.model_card import ModelCardInfo
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
-from ddpm_from_scratch.seeded_sampling import sample_with_image_seeds
+from ddpm_from_scratch.sampling.seeded import sample_with_image_seeds
 from ddpm_from_scratch.unet import UNET_PRESETS, ScratchUNet2DModel
 
 from .config import CUSTOM_UNET, LEARNED_VARIANCE_TYPES, TrainingOptions
@@ -75,7 +75,7 @@ def _read_unet_config(name_or_path: str) -> dict[str, Any]:
         except (OSError, ValueError) as error:
             raise ValueError(f"{option}: {path} is not a readable JSON file ({error})") from error
     else:
-        from ddpm_from_scratch.pipeline_folder import is_hub_repo_id
+        from ddpm_from_scratch.saving.folder import is_hub_repo_id
 
         if not is_hub_repo_id(name_or_path):
             raise ValueError(f"{option} is neither a file, a folder, nor a Hub model id")
@@ -94,7 +94,7 @@ def _read_unet_config(name_or_path: str) -> dict[str, Any]:
 def load_unet_config(name_or_path: str) -> dict[str, Any]:
     """The ScratchUNet2DModel config named by --model_config_name_or_path: a ScratchUNet2DModel config as
     it is, a diffusers UNet2DModel config (DDPM layout) through convert.scratch_config_from_diffusers."""
-    from ddpm_from_scratch.convert import scratch_config_from_diffusers
+    from ddpm_from_scratch.saving.convert_unet import scratch_config_from_diffusers
 
     option = f"--model_config_name_or_path {name_or_path!r}"
     raw = _read_unet_config(str(name_or_path))

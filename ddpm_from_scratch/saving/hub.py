@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .model_card import MODEL_CARD_NAME, ModelCardInfo
-from .pipeline_folder import save_pipeline_folder, weights_file_pattern
-from .remote_code import CodeLayoutError, hub_loading_problems
+from .folder import save_pipeline_folder, weights_file_pattern
+from .shipped_code import CodeLayoutError, hub_loading_problems
 
 # what a saved pipeline consists of (pipeline_folder.save_pipeline_folder); nothing else is uploaded
 UPLOAD_ALLOW_PATTERNS = [

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ddpm_from_scratch.atomic_io import write_json_atomic
+from ddpm_from_scratch.saving.atomic_io import write_json_atomic
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -264,7 +264,7 @@ def remove_staging_leftovers(root: Path) -> list[Path]:
     return leftovers
 
 
-# a pipeline save (ddpm_from_scratch.pipeline_folder) stages in .<output_dir name>.saving-<8 random
+# a pipeline save (ddpm_from_scratch.saving.folder) stages in .<output_dir name>.saving-<8 random
 # characters> next to output_dir (or .saving-<8> inside it); its first write is the pipeline's code
 PIPELINE_STAGING_SUFFIX = r"saving-[A-Za-z0-9_]{8}$"
 PIPELINE_STAGING_MARKER = "pipeline.py"

@@ -15,7 +15,7 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
 
-from ddpm_from_scratch.image_utils import save_image_atomic
+from ddpm_from_scratch.sampling.images import save_image_atomic
 
 WIDTH, HEIGHT = 800, 480
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 70, 20, 36, 44

@@ -33,7 +33,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ddpm_from_scratch.atomic_io import write_json_atomic
+from ddpm_from_scratch.saving.atomic_io import write_json_atomic
 
 logger = logging.getLogger("training")
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from ddpm_from_scratch.beta_schedules import BETA_SCHEDULES, check_beta_range
 from ddpm_from_scratch.diffusion_math import FIXED_VARIANCE_TYPES, LEARNED_VARIANCE_TYPES
-from ddpm_from_scratch.losses import LOSS_TYPES
+from ddpm_from_scratch.bound.losses import LOSS_TYPES
 from ddpm_from_scratch.scheduler import PREDICTION_TYPES, VARIANCE_TYPES
 
 # Options a preset may set. Anything not listed here has one global default (GLOBAL_DEFAULTS).
@@ -311,7 +311,7 @@ def resolve_options(namespace: argparse.Namespace) -> TrainingOptions:
         values["save_images_steps"] = 0
     values["unet_config"] = None
     if given.get("model_config_name_or_path") is not None:
-        from training.components import load_unet_config
+        from ddpm_from_scratch.training.components import load_unet_config
 
         values["unet_config"] = load_unet_config(given["model_config_name_or_path"])
         values["unet_preset"] = CUSTOM_UNET
@@ -389,7 +389,7 @@ def check_options(opts: TrainingOptions) -> None:
     if opts.train_data_dir is not None and not Path(opts.train_data_dir).is_dir():
         raise ValueError(f"--train_data_dir {opts.train_data_dir!r} is not a folder")
     if opts.unet_config is not None:
-        from training.components import check_unet_config
+        from ddpm_from_scratch.training.components import check_unet_config
 
         check_unet_config(opts)
 
@@ -477,7 +477,7 @@ RUN_OUTPUT_NAMES = ("model_index.json", "unet", "scheduler", "README.md", "sampl
 def run_output_names(opts: TrainingOptions) -> list[str]:
     """Top-level names of --output_dir that a run writes (files it may overwrite)."""
     from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
-    from ddpm_from_scratch.remote_code import class_source_file, code_closure, top_level_package
+    from ddpm_from_scratch.saving.shipped_code import class_source_file, code_closure, top_level_package
 
     code = code_closure(class_source_file(ScratchDDPMPipeline), top_level_package(ScratchDDPMPipeline))
     names = [*RUN_OUTPUT_NAMES, *sorted(path.name for path in code)]

@@ -33,9 +33,9 @@ from typing import Any, Callable
 
 import torch
 
-from .diffusion_math import DiffusionChain
-from .scheduler import ScratchDDPMScheduler
-from .tensor_utils import draw_noise
+from ..diffusion_math import DiffusionChain
+from ..scheduler import ScratchDDPMScheduler
+from ..tensor_utils import draw_noise
 
 LN2 = math.log(2.0)
 NUM_PIXEL_BINS = 256

@@ -9,7 +9,7 @@ is ~0.01 at small t, and a bf16 x_t there would round away most of the noise the
 The model output is cast back to float32 before the loss for the same reason.
 
 `loss_type="hybrid"` adds lambda L_vlb (Nichol & Dhariwal 2021) to train a learned variance; the
-losses themselves live in `ddpm_from_scratch.losses`, shared with the likelihood code.
+losses themselves live in `ddpm_from_scratch.bound.losses`, shared with the likelihood code.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ddpm_from_scratch.losses import DEFAULT_LAMBDA_VLB, training_loss
+from ddpm_from_scratch.bound.losses import DEFAULT_LAMBDA_VLB, training_loss
 
 
 @dataclass
