@@ -23,26 +23,14 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
-import pytest
 import torch
+from _helpers import perturb_
 from diffusers import DDPMScheduler, UNet2DModel
 
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 from ddpm_from_scratch.unet import ScratchUNet2DModel
 
 NUM_TRAIN_TIMESTEPS = 50
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """Run torch on one thread (autouse in every test module that imports it).
-
-    The models are tiny: with several OpenMP threads on a busy CPU, threads waiting for each other
-    cost far more than the work (a tiny UNet forward can take seconds instead of milliseconds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_diffusers_unet(in_channels: int = 1, num_class_embeds: int | None = None, seed: int = 0) -> UNet2DModel:
@@ -74,10 +62,7 @@ def tiny_scratch_unet(in_channels: int = 1, num_class_embeds: int | None = None,
         norm_num_groups=4,
         num_class_embeds=num_class_embeds,
     )
-    with torch.no_grad():
-        for parameter in unet.parameters():
-            parameter.add_(0.2 * torch.randn_like(parameter))
-    return unet.eval()
+    return perturb_(unet, 0.2).eval()
 
 
 def ddpm_scheduler() -> DDPMScheduler:

@@ -6,10 +6,9 @@ import json
 
 import pytest
 import torch
-from _pipeline_fixtures import (  # noqa: F401 (single_torch_thread: autouse fixture)
+from _pipeline_fixtures import (
     ddpm_scheduler,
     scratch_scheduler,
-    single_torch_thread,
     tiny_diffusers_unet,
     tiny_scratch_unet,
 )

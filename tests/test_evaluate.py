@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _helpers import perturb_
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from ddpm_from_scratch.cli.evaluate import main
@@ -31,10 +32,7 @@ def tiny_unet(in_channels=1, out_channels=2, sample_size=8):
         sample_size=sample_size, in_channels=in_channels, out_channels=out_channels, block_out_channels=(8, 16),
         layers_per_block=1, attention_resolutions=(), dropout=0.0, norm_num_groups=4,
     )
-    with torch.no_grad():  # random (not zero) output layers, so the output depends on the input
-        for parameter in unet.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    return unet.eval()
+    return perturb_(unet, 0.1).eval()  # random (not zero) output layers: the output depends on the input
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,11 @@ import warnings
 
 import pytest
 import torch
-from _pipeline_fixtures import (  # noqa: F401 (single_torch_thread: autouse fixture)
+from _pipeline_fixtures import (
     NUM_TRAIN_TIMESTEPS,
     ddpm_scheduler,
     scratch_scheduler,
     seeded,
-    single_torch_thread,
     tiny_scratch_unet,
 )
 from diffusers import DDPMPipeline

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _pipeline_fixtures import (  # noqa: F401 (single_torch_thread: autouse fixture)
+from _pipeline_fixtures import (
     NUM_TRAIN_TIMESTEPS,
     ddpm_scheduler,
     scratch_scheduler,
     seeded,
-    single_torch_thread,
     tiny_diffusers_unet,
     tiny_scratch_unet,
 )

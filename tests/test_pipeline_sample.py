@@ -7,9 +7,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from _pipeline_fixtures import (  # noqa: F401 (single_torch_thread: autouse fixture)
+from _pipeline_fixtures import (
     scratch_scheduler,
-    single_torch_thread,
     tiny_diffusers_unet,
     tiny_scratch_unet,
 )

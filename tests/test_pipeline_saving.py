@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _pipeline_fixtures import (  # noqa: F401 (single_torch_thread: autouse fixture)
+from _pipeline_fixtures import (
     ddpm_scheduler,
     isolated_remote_code_cache,
     run_without_package,
     scratch_scheduler,
     seeded,
-    single_torch_thread,
     tiny_diffusers_unet,
     tiny_scratch_unet,
 )

@@ -8,10 +8,9 @@ import pytest
 
 from ddpm_from_scratch.cli.estimate_variance import main as estimate_variance
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
-from _pipeline_fixtures import (  # noqa: F401 (single_torch_thread: autouse fixture)
+from _pipeline_fixtures import (
     NUM_TRAIN_TIMESTEPS,
     scratch_scheduler,
-    single_torch_thread,
     tiny_scratch_unet,
 )
 from test_performance_benchmarks import load_script, table_rows

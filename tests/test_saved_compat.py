@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _pipeline_fixtures import run_without_package, single_torch_thread  # noqa: F401 (autouse fixture)
+from _pipeline_fixtures import run_without_package
 from safetensors.torch import load_file
 
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from _unet_fixtures import DIFFUSERS_CIFAR10_CONFIG
+from _helpers import DIFFUSERS_CIFAR10_CONFIG, perturb_
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from ddpm_from_scratch.unet import (
@@ -32,18 +32,9 @@ TINY = dict(
 )
 
 
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Perturb every parameter: the paper's zero init would make many outputs and gradients trivially 0."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return model
-
-
 def tiny(**overrides) -> ScratchUNet2DModel:
     torch.manual_seed(0)
-    return randomize_(ScratchUNet2DModel(**{**TINY, **overrides})).eval()
+    return perturb_(ScratchUNet2DModel(**{**TINY, **overrides}), 0.05, seed=0).eval()
 
 
 def num_params(model: torch.nn.Module) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _unet_fixtures import DIFFUSERS_CIFAR10_CONFIG
+from _helpers import DIFFUSERS_CIFAR10_CONFIG, perturb_
 from diffusers import UNet2DModel
 
 from ddpm_from_scratch.cli.convert import main
@@ -48,11 +48,7 @@ def random_diffusers_unet(**overrides) -> UNet2DModel:
     """A diffusers UNet2DModel: TINY_DIFFUSERS with `overrides` (pass `base={}` for UNet2DModel's defaults)."""
     base = overrides.pop("base", TINY_DIFFUSERS)
     torch.manual_seed(0)
-    model = UNet2DModel(**{**base, **overrides})
-    with torch.no_grad():  # perturb all weights, GroupNorm affine parameters included
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
+    return perturb_(UNet2DModel(**{**base, **overrides}), 0.05).eval()
 
 
 def assert_same_function(theirs: UNet2DModel, ours: ScratchUNet2DModel, class_labels=None, size: int = 16) -> float:

@@ -1,0 +1,67 @@
+"""The package layout states its rules: the top level of ddpm_from_scratch is exactly the code a saved
+pipeline ships, and every other module lives in a subpackage named by its job."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+
+import ddpm_from_scratch
+from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
+from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
+from ddpm_from_scratch.unet import ScratchUNet2DModel
+
+PACKAGE = Path(ddpm_from_scratch.__file__).parent
+SHIPPED_CLASSES = (ScratchDDPMPipeline, ScratchUNet2DModel, ScratchDDPMScheduler)
+SUBPACKAGES = {"bound", "cli", "digits", "sampling", "saving", "training"}
+
+
+def shipped_closure(cls: type) -> set[str]:
+    """The files diffusers' remote-code loader copies for ``cls``: its module and its relative imports."""
+    module_file = Path(__import__(cls.__module__, fromlist=["_"]).__file__)
+    return {module_file.name, *(Path(path).name for path in get_relative_import_files(str(module_file)))}
+
+
+def test_top_level_modules_are_exactly_the_shipped_code():
+    top_level = {path.name for path in PACKAGE.glob("*.py")} - {"__init__.py"}
+    shipped = set().union(*(shipped_closure(cls) for cls in SHIPPED_CLASSES))
+    assert top_level == shipped, (
+        f"top-level modules that no saved pipeline ships: {sorted(top_level - shipped)}; "
+        f"shipped modules missing from the top level: {sorted(shipped - top_level)}"
+    )
+
+
+def test_every_other_module_is_in_a_named_subpackage():
+    folders = {path.parent.name for path in PACKAGE.rglob("*.py") if path.parent != PACKAGE}
+    assert folders == SUBPACKAGES
+    for name in SUBPACKAGES:
+        assert (PACKAGE / name / "__init__.py").is_file()
+
+
+def test_shipped_modules_import_nothing_of_the_package_by_absolute_name():
+    """A Hub user may not have the package: shipped code reaches its siblings through single-dot imports only."""
+    for path in PACKAGE.glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level in (0, 1), f"{path.name}:{node.lineno} imports from a parent package"
+                assert node.level == 1 or not (node.module or "").startswith("ddpm_from_scratch"), (
+                    f"{path.name}:{node.lineno} imports the package by absolute name"
+                )
+                if node.level == 1:
+                    assert node.module and "." not in node.module, f"{path.name}:{node.lineno}: not a sibling module"
+            elif isinstance(node, ast.Import):
+                assert not any(alias.name.startswith("ddpm_from_scratch") for alias in node.names), path.name
+
+
+def test_no_importable_top_level_training_package(tmp_path):
+    """The trainer is ddpm_from_scratch.training; installing the project adds no top-level `training`,
+    a name any other project could shadow (checked outside the repository, whose folder training/ holds scripts)."""
+    import subprocess
+    import sys
+
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('training') is not None)"
+    assert subprocess.run([sys.executable, "-c", probe], cwd=tmp_path).returncode == 0
