@@ -8,9 +8,9 @@ is ScratchDDPMPipeline(ScratchUNet2DModel, ScratchDDPMScheduler), plain and with
 compared: the last column is the largest pixel difference (images in [0, 1]) from the first row's,
 after min(--steps, 50) steps.
 
-    python benchmarks/bench_sampling.py --threads 1                 # CPU: digits, batch 16, 50 steps
-    python benchmarks/bench_sampling.py --preset cifar10 --batch-size 2 --steps 5 --threads 1
-    python benchmarks/bench_sampling.py --device cuda               # cifar10, batch 256, 1000 steps
+    python -m benchmarks.bench_sampling --threads 1                 # CPU: digits, batch 16, 50 steps
+    python -m benchmarks.bench_sampling --preset cifar10 --batch-size 2 --steps 5 --threads 1
+    python -m benchmarks.bench_sampling --device cuda               # cifar10, batch 256, 1000 steps
 
 Throughput is UNet evaluations per second: images x steps / seconds of one whole pipeline call
 (x_T, the loop, the output tensor), and steps per second. Rows run in alternating rounds (every
@@ -21,9 +21,7 @@ steps (compilation, CUDA-graph capture and lazy initialisation happen there, as 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,16 +29,15 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import describe_device, print_table, software_versions, synchronize
+
+from ddpm_from_scratch.saving.convert_unet import convert_diffusers_unet, diffusers_config_from_scratch
+from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
+from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
+from ddpm_from_scratch.unet import UNET_PRESETS
+
 # diffusers' up/down-sampling blocks call an lru_cache'd version check that dynamo warns about (harmless)
 warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import describe_device, print_table, software_versions, synchronize  # noqa: E402
-
-from ddpm_from_scratch.saving.convert_unet import convert_diffusers_unet, diffusers_config_from_scratch  # noqa: E402
-from ddpm_from_scratch.pipeline import ScratchDDPMPipeline  # noqa: E402
-from ddpm_from_scratch.scheduler import ScratchDDPMScheduler  # noqa: E402
-from ddpm_from_scratch.unet import UNET_PRESETS  # noqa: E402
 
 DEFAULTS = {  # device type -> (preset, batch size per preset, steps, rounds)
     "cpu": ("digits", {"digits": 16, "cifar10": 2}, 50, 3),

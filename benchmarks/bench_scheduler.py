@@ -5,23 +5,20 @@ one `step` at t = 500 for each shape, and a whole 1000-step loop at the first sh
 get the same tensors and a generator seeded the same way; they alternate in rounds and each
 reports its median, so load from other processes hits both alike.
 
-    python benchmarks/bench_scheduler.py                  # CPU, 1x3x32x32 and 16x3x64x64
-    python benchmarks/bench_scheduler.py --device cuda    # on a GPU
+    python -m benchmarks.bench_scheduler                  # CPU, 1x3x32x32 and 16x3x64x64
+    python -m benchmarks.bench_scheduler --device cuda    # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 from diffusers import DDPMScheduler
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import describe_device, print_table, time_per_call  # noqa: E402
+from benchmarks.common import describe_device, print_table, time_per_call
 
-from ddpm_from_scratch import ScratchDDPMScheduler  # noqa: E402
+from ddpm_from_scratch import ScratchDDPMScheduler
 
 SCHEDULERS = {"diffusers DDPMScheduler": DDPMScheduler, "ScratchDDPMScheduler": ScratchDDPMScheduler}
 

@@ -2,17 +2,17 @@
 
 One step is what training/train.py does per optimizer update (one micro-batch): draw t and the
 noise on the device, the forward process in float32 and L_simple (ddpm_from_scratch.training.objective.diffusion_loss),
-backward, clip the gradient norm to 1, AdamW step, zero the gradients, EMA update
-(ddpm_from_scratch.training.ema.ExponentialMovingAverage). Both models get the same config
-(convert.diffusers_config_from_scratch), the same batch, dtype, settings and step function; the
+backward, clip the gradient norm to 1, AdamW step, zero the gradients, EMA update (diffusers'
+EMAModel as ddpm_from_scratch.training.ema.make_ema sets it up for the preset). Both models get the
+same config (convert.diffusers_config_from_scratch), the same batch, dtype, settings and step function; the
 step never reads a tensor back to the host (no .item()). Not included: data loading (the batch
 is a fixed tensor already on the device), the LR schedule, logging and checkpoints.
 
-    python benchmarks/bench_train.py                       # CPU: digits batch 64, cifar10 batch 4
-    python benchmarks/bench_train.py --device cuda         # cifar10 batch 128, bf16, fused AdamW
-    python benchmarks/bench_train.py --device cuda --channels-last --compile
-    python benchmarks/bench_train.py --preset digits --batch-size 64 --mixed-precision bf16 --threads 1
-    python benchmarks/bench_train.py --preset digits --no-fused-adam --sweep --threads 1
+    python -m benchmarks.bench_train                       # CPU: digits batch 64, cifar10 batch 4
+    python -m benchmarks.bench_train --device cuda         # cifar10 batch 128, bf16, fused AdamW
+    python -m benchmarks.bench_train --device cuda --channels-last --compile
+    python -m benchmarks.bench_train --preset digits --batch-size 64 --mixed-precision bf16 --threads 1
+    python -m benchmarks.bench_train --preset digits --no-fused-adam --sweep --threads 1
 
 --sweep measures, in the same run, the given settings and then each tool turned on alone on top of
 them (fused AdamW, bf16 autocast, channels_last, torch.compile), then all of them together; the
@@ -30,26 +30,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
-import sys
 import time
 import warnings
 from dataclasses import dataclass
 
 import torch
 
+from benchmarks.common import describe_device, peak_memory_mib, print_table, software_versions, synchronize
+
+from ddpm_from_scratch.saving.convert_unet import diffusers_config_from_scratch
+from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
+from ddpm_from_scratch.unet import UNET_PRESETS, ScratchUNet2DModel
+from ddpm_from_scratch.training.config import parse_options
+from ddpm_from_scratch.training.ema import make_ema
+from ddpm_from_scratch.training.objective import diffusion_loss
+
 # diffusers' up/down-sampling blocks call an lru_cache'd version check that dynamo warns about (harmless)
 warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import describe_device, peak_memory_mib, print_table, software_versions, synchronize  # noqa: E402
-
-from ddpm_from_scratch.saving.convert_unet import diffusers_config_from_scratch  # noqa: E402
-from ddpm_from_scratch.scheduler import ScratchDDPMScheduler  # noqa: E402
-from ddpm_from_scratch.unet import UNET_PRESETS, ScratchUNet2DModel  # noqa: E402
-from ddpm_from_scratch.training.ema import ExponentialMovingAverage  # noqa: E402
-from ddpm_from_scratch.training.objective import diffusion_loss  # noqa: E402
 
 DEFAULTS = {  # device type -> (presets, batch size per preset, mixed precision, iters per round)
     "cpu": ("digits,cifar10", {"digits": 64, "cifar10": 4}, "no", {"digits": 5, "cifar10": 1}),
@@ -88,7 +86,7 @@ class Trainee:
         if settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.module = model
-        self.ema = ExponentialMovingAverage(model, max_decay=0.9999)
+        self.ema, _ = make_ema(model, parse_options(["--preset", preset]), settings.device)
         # ours has no graph breaks (tested in test_unet.py); diffusers' model is compiled as it comes
         self.model = torch.compile(model, fullgraph=(which == "ours")) if settings.compile else model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, fused=settings.fused_adam,
@@ -108,7 +106,7 @@ def train_step(trainee: Trainee, scheduler: ScratchDDPMScheduler, images: torch.
     trainee.scaler.step(trainee.optimizer)
     trainee.scaler.update()
     trainee.optimizer.zero_grad(set_to_none=True)
-    trainee.ema.update(trainee.module)
+    trainee.ema.step(trainee.module.parameters())
     return loss.detach()
 
 

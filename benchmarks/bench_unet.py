@@ -4,9 +4,9 @@ Both models are the same network (same config through convert.diffusers_config_f
 parameter count), run on the same batch, dtype and device in the same process. One step is
 forward + backward of mean(output^2) with the preset's dropout active (train mode).
 
-    python benchmarks/bench_unet.py                          # CPU, fp32: digits b128 + cifar10 b8
-    python benchmarks/bench_unet.py --device cuda            # + bf16 autocast, channels_last, torch.compile
-    python benchmarks/bench_unet.py --presets cifar10 --batch 64 --iters 20 --device cuda
+    python -m benchmarks.bench_unet                          # CPU, fp32: digits b128 + cifar10 b8
+    python -m benchmarks.bench_unet --device cuda            # + bf16 autocast, channels_last, torch.compile
+    python -m benchmarks.bench_unet --presets cifar10 --batch 64 --iters 20 --device cuda
 
 Throughput: the two models alternate step by step (rounds of --iters steps: ours, diffusers, ours,
 ...) and each reports its median round, so a noisy, shared CPU slows both alike. Peak memory: the
@@ -21,9 +21,7 @@ norms and activations not counted); a training step (forward + backward) costs a
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 
@@ -32,11 +30,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import describe_device, software_versions  # noqa: E402
+from benchmarks.common import describe_device, software_versions
 
-from ddpm_from_scratch.saving.convert_unet import diffusers_config_from_scratch  # noqa: E402
-from ddpm_from_scratch.unet import UNET_PRESETS, ScratchUNet2DModel  # noqa: E402
+from ddpm_from_scratch.saving.convert_unet import diffusers_config_from_scratch
+from ddpm_from_scratch.unet import UNET_PRESETS, ScratchUNet2DModel
 
 DEFAULT_BATCH = {"digits": 128, "cifar10": 8}
 MODES_CPU = ["fp32"]

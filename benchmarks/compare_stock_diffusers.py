@@ -14,9 +14,9 @@ with its own default sampling, or ``--ours-steps`` / ``--ours-variance`` for our
 sample-quality figures of those samples against the held-out digits (``ddpm_from_scratch.digits.evaluation``
 sampling, ``ddpm_from_scratch.digits.quality`` figures), so N is equal for both rows.
 
-    python benchmarks/compare_stock_diffusers.py --ours digits-ddpm --minutes 3.9 --output_dir stock-ddpm \
+    python -m benchmarks.compare_stock_diffusers --ours digits-ddpm --minutes 3.9 --output_dir stock-ddpm \
         --num-samples 100 --batch-size 100 --ours-steps 1000 100
-    python benchmarks/compare_stock_diffusers.py --ours digits-ddpm --stock stock-ddpm   # skip training
+    python -m benchmarks.compare_stock_diffusers --ours digits-ddpm --stock stock-ddpm   # skip training
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -34,13 +33,13 @@ import torch.nn.functional as F
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import describe_device, print_table  # noqa: E402
+from benchmarks.common import describe_device, print_table
 
-from ddpm_from_scratch.digits.data import load_digits_dataset  # noqa: E402
-from ddpm_from_scratch.digits.evaluation import load_pipeline, sample_digits  # noqa: E402
-from ddpm_from_scratch.digits.quality import SampleQualityEvaluator  # noqa: E402
-from ddpm_from_scratch.sampling.images import uint8_to_model_range  # noqa: E402
+from ddpm_from_scratch.digits.data import load_digits_dataset
+from ddpm_from_scratch.digits.evaluation import sample_digits
+from ddpm_from_scratch.saving.folder import load_any_pipeline
+from ddpm_from_scratch.digits.quality import SampleQualityEvaluator
+from ddpm_from_scratch.sampling.images import uint8_to_model_range
 
 # train_unconditional.py's UNet (layers_per_block 2, one attention level second from the bottom, here
 # the only middle level) with 3 levels instead of 6, since 8x8 halves only twice to 2x2.
@@ -163,8 +162,8 @@ def main() -> None:
         stock_info = train_stock(args.minutes, args.output_dir, args.seed, args.wall)
         args.stock = args.output_dir
     evaluator = SampleQualityEvaluator()
-    stock = load_pipeline(args.stock)
-    ours = load_pipeline(args.ours)
+    stock = load_any_pipeline(args.stock)
+    ours = load_any_pipeline(args.ours)
     if args.ours_variance != "saved":
         ours.scheduler = type(ours.scheduler).from_config(ours.scheduler.config, variance_type=args.ours_variance)
 

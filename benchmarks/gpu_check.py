@@ -1,8 +1,8 @@
 """Everything a short loan of one NVIDIA GPU should check, in one run that writes one report.
 
-    python benchmarks/gpu_check.py --out gpu_check            # one CUDA GPU, at most ~8 minutes
+    python -m benchmarks.gpu_check --out gpu_check            # one CUDA GPU, at most ~8 minutes
     benchmarks/gpu_check.sh --out gpu_check                   # the same, installing .whl/*.whl first
-    python benchmarks/gpu_check.py --smoke --out /tmp/smoke   # CPU, tiny configs, a minute or two
+    python -m benchmarks.gpu_check --smoke --out /tmp/smoke   # CPU, tiny configs, a minute or two
 
 Parts (each in a subprocess of its own with its own time limit, so a part that fails, hangs or
 runs long is reported and the others still run):
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from common import describe_device, markdown_table, software_versions  # this script's folder is on the path
+from benchmarks.common import describe_device, markdown_table, software_versions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PAPER_UPDATES, PAPER_BATCH, GPUS = 800_000, 128, 8  # Ho et al. 2020, appendix B; training/configs/multi_gpu.yaml
@@ -218,13 +218,13 @@ def part_training_run(config: Config, work: Path) -> dict[str, Any]:
 
 def _bench_settings(config: Config):
     import torch
-    from bench_train import Settings, ladder
+    from benchmarks.bench_train import Settings, ladder
 
     return ladder(Settings(torch.device(config.device), "no", channels_last=False, compile=False, fused_adam=False))
 
 
 def _train_rows(config: Config, preset: str, batch: int, variants: list, iters: int) -> list[dict[str, Any]]:
-    from bench_train import measure
+    from benchmarks.bench_train import measure
 
     warmup = 3 if any(v.compile for v in variants) else 2
     results = measure(preset, batch, variants, warmup, iters, config.train_rounds, memory=True)
@@ -267,7 +267,7 @@ COMPILED_SAMPLING_ROWS = ("diffusers DDPMPipeline, torch.compile(unet)", "ours, 
 
 def _sampling(config: Config, rows: list) -> dict[str, Any]:
     import torch
-    from bench_sampling import build_pipelines, measure
+    from benchmarks.bench_sampling import build_pipelines, measure
 
     device = torch.device(config.device)
     generator = "device" if device.type == "cuda" else "cpu"  # no host-drawn noise on the GPU
@@ -286,7 +286,7 @@ def _sampling(config: Config, rows: list) -> dict[str, Any]:
 
 
 def part_sampling_bench(config: Config, work: Path) -> dict[str, Any]:
-    from bench_sampling import ROWS
+    from benchmarks.bench_sampling import ROWS
 
     rows = [row for row in ROWS if not row.fast.get("compile") and (config.device == "cuda" or not row.cuda_only)]
     result = _sampling(config, rows)
@@ -309,7 +309,7 @@ def part_sampling_bench(config: Config, work: Path) -> dict[str, Any]:
 def part_sampling_bench_compile(config: Config, work: Path) -> dict[str, Any]:
     if config.device != "cuda":
         raise Skip("--smoke: torch.compile takes minutes on a small CPU (the same code runs on the GPU)")
-    from bench_sampling import ROWS
+    from benchmarks.bench_sampling import ROWS
 
     by_name = {row.name: row for row in ROWS}
     missing = [name for name in COMPILED_SAMPLING_ROWS if name not in by_name]
@@ -376,7 +376,7 @@ class Running:
 
 def _start(name: str, smoke: bool, work: Path, limit_s: float) -> Running:
     log, result = work / f"{name}.log", work / f"{name}.json"
-    command = [sys.executable, str(Path(__file__).resolve()), "--part", name, "--work", str(work),
+    command = [sys.executable, "-m", "benchmarks.gpu_check", "--part", name, "--work", str(work),
                "--result", str(result)] + (["--smoke"] if smoke else [])
     # the checkout first on the path: the check tests this tree, also where another copy is installed
     path = os.pathsep.join([str(REPO_ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))

@@ -14,7 +14,7 @@ and every number of sampling steps K, one table row with
   ``fixed_small`` (the baseline: K = T, the model as trained).
 
     ddpm-estimate-variance PATH --num-images 1000 --num-timesteps 100      # once, for the analytic rows
-    OMP_NUM_THREADS=1 python benchmarks/sampling_tradeoff.py PATH --out-json tradeoff.json \\
+    OMP_NUM_THREADS=1 python -m benchmarks.sampling_tradeoff PATH --out-json tradeoff.json \\
         --plot docs/assets/sampling_tradeoff.png
 
 Rows run cheapest first (K ascending) and ``--out-json`` is rewritten after each one, so an
@@ -29,23 +29,22 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import describe_device, markdown_table, software_versions  # noqa: E402
+from benchmarks.common import describe_device, markdown_table, software_versions
 
-from ddpm_from_scratch.saving.atomic_io import write_json_atomic  # noqa: E402
-from ddpm_from_scratch.digits.data import held_out_digits  # noqa: E402
-from ddpm_from_scratch.digits.evaluation import _unconditional_kwargs, load_pipeline, sample_digits  # noqa: E402
-from ddpm_from_scratch.digits.quality import SampleQualityEvaluator  # noqa: E402
-from ddpm_from_scratch.sampling.images import save_image_atomic, uint8_to_model_range  # noqa: E402
-from ddpm_from_scratch.bound.likelihood import nll_bits_per_dim  # noqa: E402
-from ddpm_from_scratch.scheduler import ScratchDDPMScheduler  # noqa: E402
+from ddpm_from_scratch.saving.atomic_io import write_json_atomic
+from ddpm_from_scratch.digits.data import held_out_digits
+from ddpm_from_scratch.digits.evaluation import sample_digits, unconditional_model_kwargs
+from ddpm_from_scratch.saving.folder import load_any_pipeline
+from ddpm_from_scratch.digits.quality import SampleQualityEvaluator
+from ddpm_from_scratch.sampling.images import save_image_atomic, uint8_to_model_range
+from ddpm_from_scratch.bound.likelihood import nll_bits_per_dim
+from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 
 METHODS = ("fixed_small", "fixed_large", "analytic", "ddim")
 DEFAULT_STEPS = (10, 25, 50, 100, 250, 1000)
@@ -74,7 +73,7 @@ def measure_bound(pipeline: Any, scheduler: Any, steps: int, num_images: int, se
     started = time.perf_counter()
     bound = nll_bits_per_dim(
         unet, scheduler, x_start, generator=torch.Generator("cpu").manual_seed(seed), batch_size=batch_size,
-        model_kwargs=_unconditional_kwargs(unet, num_images, pipeline.device), progress=False,
+        model_kwargs=unconditional_model_kwargs(unet, num_images, pipeline.device), progress=False,
         num_inference_steps=steps,
     )
     return {
@@ -293,7 +292,7 @@ def previous_cells(out_json: str | None, settings: dict) -> list[dict]:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    pipeline = load_pipeline(args.path)
+    pipeline = load_any_pipeline(args.path)
     pipeline.unet.eval()
     pipeline.set_progress_bar_config(disable=True)
     saved_config = pipeline.scheduler.config

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Measure candidate settings of the `digits` preset: training time, final loss and sample quality at N = 360.
 
-    OMP_NUM_THREADS=1 python benchmarks/tune_digits_preset.py --candidates preset steps2000 --seeds 0 1 --jobs 2
+    OMP_NUM_THREADS=1 python -m benchmarks.tune_digits_preset --candidates preset steps2000 --seeds 0 1 --jobs 2
 
 Each candidate is a complete `training/train.py --preset digits` run (data, training, checkpoints,
 saving) in a subprocess, with the candidate's options added, once per training seed. Each trained
@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import print_table
+from benchmarks.common import print_table
 
 TRAIN = Path(__file__).resolve().parents[1] / "training" / "train.py"
 

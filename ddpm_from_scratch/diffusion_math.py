@@ -1,8 +1,9 @@
 """The derivation's formulas as code, one method per formula, and the one reverse step built from them.
 
 Equation ids refer to ``docs/derivation.md``: F1/F2/F4 forward process, P1-P3 posterior, E3/E4 the
-derivation's slips *as corrected*, A1-A3 the optimal reverse variance (Analytic-DPM). Notation: alpha_t = 1 - beta_t, abar_t = prod_{i<=t} alpha_i
-(a product, no square root: E1).
+derivation's slips *as corrected*, L2 the target of L_simple, A1-A3 the optimal reverse variance
+(Analytic-DPM). Notation: alpha_t = 1 - beta_t, abar_t = prod_{i<=t} alpha_i (a product, no square
+root: E1).
 
 A :class:`DiffusionChain` holds every per-timestep coefficient as a float64 table indexed by the
 timestep itself (length T). Building the tables once and gathering with ``timesteps`` keeps the hot
@@ -10,9 +11,11 @@ paths free of Python loops and host syncs, and the same lookup serves the traini
 (t -> t-1) and strided sampling chains (t -> previous timestep of ``set_timesteps``): for a step
 t -> s the single-step quantities are those of the merged step, alpha_{t|s} = abar_t / abar_s.
 
-``p_mean_variance`` is THE reverse step p_theta(x_s | x_t): the sampler (``ScratchDDPMScheduler.step``),
-the variational bound (``likelihood``) and the hybrid loss (``losses``) all take it, so bits/dim
-always describe the distribution the sampler draws from.
+``p_mean_variance(chain, model_output, x_t, t, config)`` is THE reverse step p_theta(x_s | x_t), a
+``ReverseStepConfig`` saying how the model output is read. Everything above this module calls it:
+the sampler (``ScratchDDPMScheduler.step``), the variational bound (``bound/likelihood``) and the
+hybrid loss (``bound/losses``), so bits/dim always describe the distribution the sampler draws from.
+This module imports nothing of the package but ``tensor_utils``.
 """
 
 from __future__ import annotations
@@ -119,6 +122,17 @@ class DiffusionChain:
     def training_chain(cls, alphas_cumprod: torch.Tensor, eps_sq_mean: torch.Tensor | None = None) -> "DiffusionChain":
         """The chain the model is trained on: every t steps to t - 1."""
         return cls.build(alphas_cumprod, torch.arange(len(alphas_cumprod)) - 1, eps_sq_mean)
+
+    @classmethod
+    def strided(
+        cls, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, eps_sq_mean: torch.Tensor | None = None
+    ) -> "DiffusionChain":
+        """The chain a sampler walks over descending ``timesteps`` (K,): each steps to the next, the last
+        to x_0. Timesteps off the chain keep the training step t -> t - 1."""
+        timesteps = torch.as_tensor(timesteps, dtype=torch.int64).cpu()
+        prev_timesteps = torch.arange(len(alphas_cumprod)) - 1
+        prev_timesteps[timesteps] = torch.cat([timesteps[1:], timesteps.new_tensor([-1])])
+        return cls.build(alphas_cumprod, prev_timesteps, eps_sq_mean)
 
     def to(self, device: torch.device | str) -> "DiffusionChain":
         """A copy on ``device``. MPS has no float64, so there the tables are float32."""
@@ -240,52 +254,7 @@ def _successor_timesteps(prev_timesteps: torch.Tensor) -> torch.Tensor:
     return successors.scatter_reduce(0, prev_timesteps[has_prev], timesteps[has_prev], reduce="amax")
 
 
-# ---- the optimal reverse variance (Bao et al. 2022, Analytic-DPM) ---------------------------
-
-
-def analytic_variance_unclipped(chain: DiffusionChain, eps_sq_mean: torch.Tensor) -> torch.Tensor:
-    """The variance of p(x_s | x_t) that maximises the bound, eq. A1 (Analytic-DPM, Theorem 1):
-
-        sigma*^2_{t|s} = beta~_{t|s} + beta_{t|s}^2 / (alpha_{t|s} (1 - abar_t)) (1 - Gamma_t)
-
-    for a mean that is P2 at the model's x_0 (E4). ``eps_sq_mean``: Gamma_t = E ||eps_theta(x_t, t)||^2 / d
-    (A3), length T, indexed by the step's start t. A (T,) float64 table.
-    """
-    gamma = eps_sq_mean.to(chain.posterior_variance)
-    if gamma.shape != chain.posterior_variance.shape:
-        raise ValueError(
-            f"eps_sq_mean must have one value per training timestep ({chain.num_timesteps}), got shape {tuple(gamma.shape)}"
-        )
-    alphas = 1 - chain.betas
-    return chain.posterior_variance + chain.betas**2 / (alphas * (1 - chain.alphas_cumprod)) * (1 - gamma)
-
-
-def analytic_variance_bounds(
-    chain: DiffusionChain, data_half_range: float = DATA_HALF_RANGE
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bounds of sigma*^2, eq. A2 (Analytic-DPM, Theorem 2), for data in [-r, r], r = ``data_half_range``:
-
-        beta~_{t|s} <= sigma*^2_{t|s} <= beta~_{t|s} + (posterior_mean_coef1_{t|s})^2 r^2
-
-    (lower: Gamma_t <= 1; upper: Var(x_0 | x_t) <= r^2 per dimension). (lower, upper) tables.
-    """
-    lower = chain.posterior_variance
-    return lower, lower + chain.posterior_mean_coef1**2 * data_half_range**2
-
-
-def analytic_variance(
-    chain: DiffusionChain, eps_sq_mean: torch.Tensor, data_half_range: float = DATA_HALF_RANGE
-) -> torch.Tensor:
-    """sigma*^2 of A1 clipped to the bounds of A2: the variance of variance_type "analytic", (T,) float64.
-
-    Clipping absorbs the Monte-Carlo error of an estimated Gamma_t, and a model whose
-    E ||eps_theta||^2 differs from that of the optimal one.
-    """
-    lower, upper = analytic_variance_bounds(chain, data_half_range)
-    return torch.minimum(torch.maximum(analytic_variance_unclipped(chain, eps_sq_mean), lower), upper)
-
-
-# ---- the reverse step p_theta(x_s | x_t) ----------------------------------------------------
+# ---- the reverse step p_theta(x_s | x_t) (section 3) -----------------------------------------
 
 
 @dataclass(frozen=True)
@@ -417,19 +386,35 @@ def model_log_variance(
     raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
 
 
+@dataclass(frozen=True)
+class ReverseStepConfig:
+    """How a model output defines p_theta(x_s | x_t): what it predicts, the variance, and the x_0 clipping.
+
+    The fields are the scheduler config keys of the same names (diffusers' DDPMScheduler has them too),
+    with the same defaults.
+    """
+
+    prediction_type: str = "epsilon"
+    variance_type: str = "fixed_small"
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
+
+    @classmethod
+    def from_config(cls, config, clip_denoised: bool | None = None) -> "ReverseStepConfig":
+        """The reverse step of a scheduler ``config``. ``clip_denoised`` overrides its x_0 clipping: None
+        clips or thresholds as configured, True clips to [-clip_sample_range, clip_sample_range], False
+        leaves x_0 as predicted."""
+        step_config = cls(**{f.name: config[f.name] for f in fields(cls)})
+        if clip_denoised is None:
+            return step_config
+        return replace(step_config, clip_sample=clip_denoised, thresholding=False)
+
+
 def p_mean_variance(
-    chain: DiffusionChain,
-    model_output: torch.Tensor,
-    x_t: torch.Tensor,
-    t,
-    *,
-    prediction_type: str,
-    variance_type: str,
-    clip_sample: bool,
-    clip_sample_range: float,
-    thresholding: bool,
-    dynamic_thresholding_ratio: float,
-    sample_max_value: float,
+    chain: DiffusionChain, model_output: torch.Tensor, x_t: torch.Tensor, t, config: ReverseStepConfig
 ) -> ReverseStep:
     """The reverse step p_theta(x_s | x_t), s = ``chain.prev_timesteps[t]``, from the model output at (x_t, t).
 
@@ -437,16 +422,76 @@ def p_mean_variance(
     corrected for epsilon); 3. threshold x_0 dynamically (``thresholding``) or else clip it to
     [-clip_sample_range, clip_sample_range] (``clip_sample``); 4. mean = posterior mean mu~(x_t, x_0),
     eq. P2; 5. log-variance for ``variance_type`` (``model_log_variance``). ``t``: a Python int
-    (Python-float coefficients) or a tensor on the chain's device.
+    (Python-float coefficients) or a tensor on the chain's device. Shapes: x_t (B, C, ...),
+    model_output (B, C or 2C, ...); mean and pred_xstart as x_t.
     """
-    mean_output, variance_output = split_model_output(model_output, x_t, variance_type)
-    pred_xstart = predict_xstart(chain, mean_output, x_t, t, prediction_type)
-    if thresholding:
-        pred_xstart = dynamic_threshold(pred_xstart, dynamic_thresholding_ratio, sample_max_value)
-    elif clip_sample:
-        pred_xstart = pred_xstart.clamp(-clip_sample_range, clip_sample_range)
+    mean_output, variance_output = split_model_output(model_output, x_t, config.variance_type)
+    pred_xstart = predict_xstart(chain, mean_output, x_t, t, config.prediction_type)
+    if config.thresholding:
+        pred_xstart = dynamic_threshold(pred_xstart, config.dynamic_thresholding_ratio, config.sample_max_value)
+    elif config.clip_sample:
+        pred_xstart = pred_xstart.clamp(-config.clip_sample_range, config.clip_sample_range)
     return ReverseStep(
         mean=chain.q_posterior_mean(pred_xstart, x_t, t),
-        log_variance=model_log_variance(chain, t, x_t, variance_type, variance_output),
+        log_variance=model_log_variance(chain, t, x_t, config.variance_type, variance_output),
         pred_xstart=pred_xstart,
     )
+
+
+# ---- the training objective (section 4) ---------------------------------------------------
+
+
+def simple_loss_target(chain: DiffusionChain, x_start: torch.Tensor, noise: torch.Tensor, t, prediction_type: str):
+    """What the model regresses onto under L_simple (L2): the noise (epsilon), x_0 (sample) or v."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return x_start
+    if prediction_type == "v_prediction":
+        return chain.velocity(x_start, noise, t)
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+# ---- the optimal reverse variance (section 5; Bao et al. 2022, Analytic-DPM) ---------------
+
+
+def analytic_variance_unclipped(chain: DiffusionChain, eps_sq_mean: torch.Tensor) -> torch.Tensor:
+    """The variance of p(x_s | x_t) that maximises the bound, eq. A1 (Analytic-DPM, Theorem 1):
+
+        sigma*^2_{t|s} = beta~_{t|s} + beta_{t|s}^2 / (alpha_{t|s} (1 - abar_t)) (1 - Gamma_t)
+
+    for a mean that is P2 at the model's x_0 (E4). ``eps_sq_mean``: Gamma_t = E ||eps_theta(x_t, t)||^2 / d
+    (A3), length T, indexed by the step's start t. A (T,) float64 table.
+    """
+    gamma = eps_sq_mean.to(chain.posterior_variance)
+    if gamma.shape != chain.posterior_variance.shape:
+        raise ValueError(
+            f"eps_sq_mean must have one value per training timestep ({chain.num_timesteps}), got shape {tuple(gamma.shape)}"
+        )
+    alphas = 1 - chain.betas
+    return chain.posterior_variance + chain.betas**2 / (alphas * (1 - chain.alphas_cumprod)) * (1 - gamma)
+
+
+def analytic_variance_bounds(
+    chain: DiffusionChain, data_half_range: float = DATA_HALF_RANGE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bounds of sigma*^2, eq. A2 (Analytic-DPM, Theorem 2), for data in [-r, r], r = ``data_half_range``:
+
+        beta~_{t|s} <= sigma*^2_{t|s} <= beta~_{t|s} + (posterior_mean_coef1_{t|s})^2 r^2
+
+    (lower: Gamma_t <= 1; upper: Var(x_0 | x_t) <= r^2 per dimension). (lower, upper) tables.
+    """
+    lower = chain.posterior_variance
+    return lower, lower + chain.posterior_mean_coef1**2 * data_half_range**2
+
+
+def analytic_variance(
+    chain: DiffusionChain, eps_sq_mean: torch.Tensor, data_half_range: float = DATA_HALF_RANGE
+) -> torch.Tensor:
+    """sigma*^2 of A1 clipped to the bounds of A2: the variance of variance_type "analytic", (T,) float64.
+
+    Clipping absorbs the Monte-Carlo error of an estimated Gamma_t, and a model whose
+    E ||eps_theta||^2 differs from that of the optimal one.
+    """
+    lower, upper = analytic_variance_bounds(chain, data_half_range)
+    return torch.minimum(torch.maximum(analytic_variance_unclipped(chain, eps_sq_mean), lower), upper)

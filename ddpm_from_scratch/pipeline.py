@@ -17,10 +17,11 @@ of waiting for it several times per step. ``enable_fast_sampling`` adds what is 
 CUDA graph per step.
 
 Remote-code rule: this module and its single-dot imports are the code a saved pipeline ships, so it
-imports only the standard library, torch, diffusers and such siblings. Saving, loading with the
-package and publishing (pipeline_folder.py, hub_upload.py) are imported by name when called
-(`_unshipped_module`), so they stay out of saved repositories; a pipeline loaded from its shipped
-code samples without the package, and saves or pushes only where the package is installed.
+imports only the standard library, torch, diffusers and such siblings. Saving with checksums and a
+model card, loading with the package and publishing (saving/folder.py, saving/hub.py) are imported
+by name when called (`_unshipped_module`), so they stay out of saved repositories. Where the package
+is not installed (the pipeline was loaded from its shipped code), saving and pushing fall back to
+diffusers' own save plus the shipped code (`save_with_code`) and huggingface_hub's upload.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -54,23 +57,45 @@ PACKAGE = "ddpm_from_scratch"
 logger = logging.get_logger(__name__)
 
 
-def _unshipped_module(name: str) -> ModuleType:
-    """The installed package's module ``name`` (pipeline_folder, hub_upload), imported by name at call time.
+def _unshipped_module(name: str) -> ModuleType | None:
+    """The installed package's module ``name`` (saving.folder, saving.hub), imported by name at call time;
+    None where the package is not installed (this code was loaded from a saved folder by diffusers).
 
     A by-name import is not a single-dot import, so the module stays out of the code a saved pipeline
-    ships (remote_code.code_closure) and out of diffusers' import check of that code.
+    ships (diffusers' ``get_relative_import_files``) and out of diffusers' import check of that code.
     """
     try:
         return importlib.import_module(f"{PACKAGE}.{name}")
     except ModuleNotFoundError as error:
         if error.name not in (PACKAGE, f"{PACKAGE}.{name}"):
             raise
-        raise ModuleNotFoundError(
-            f"saving, loading with from_pretrained and pushing a ScratchDDPMPipeline need the ddpm-from-scratch "
-            f"package (pip install ddpm-from-scratch); code loaded from a saved folder only samples. "
-            f"Cause: {error}",
-            name=error.name,
-        ) from error
+        return None
+
+
+def save_with_code(pipeline: DiffusionPipeline, save_directory: str | os.PathLike, **save_kwargs: Any) -> None:
+    """diffusers' own ``save_pretrained`` (safetensors), then the custom-code layout its loader reads.
+
+    ``model_index.json`` names each class that is not diffusers' by its module's file stem, and that
+    module with the siblings it imports (diffusers' ``get_relative_import_files``) is copied beside
+    it: to the folder for the pipeline, to the component's folder for a component. So
+    ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads it with diffusers alone.
+    """
+    from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+
+    folder = Path(save_directory)
+    DiffusionPipeline.save_pretrained(pipeline, folder, safe_serialization=True, **save_kwargs)
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    index.pop("_name_or_path", None)  # a local path of the machine that saved it
+    for name, obj in [("_class_name", pipeline), *pipeline.components.items()]:
+        if obj is None or type(obj).__module__.split(".")[0] == "diffusers":
+            continue
+        source = Path(inspect.getsourcefile(type(obj)))
+        index[name] = [source.stem, type(obj).__name__]
+        for code_file in dict.fromkeys([source, *map(Path, get_relative_import_files(source))]):
+            shutil.copyfile(code_file, (folder if name == "_class_name" else folder / name) / code_file.name)
+    staged = folder / ".model_index.json.tmp"
+    staged.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(staged, folder / "model_index.json")
 
 
 def _warn_about_non_finite_images(sample: torch.Tensor) -> None:
@@ -416,7 +441,7 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         # a copy: the graph's output buffer belongs to the graph's private memory pool
         return sample.clone() if graph is not None and step_end is None else sample
 
-    # ---- saving, loading, publishing (pipeline_folder.py, hub_upload.py) ---------------------------
+    # ---- saving, loading, publishing (saving/folder.py, saving/hub.py) -------------------------------
 
     def _num_classes(self) -> int | None:
         conditioning = class_conditioning(self.unet)
@@ -433,28 +458,27 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         push_to_hub: bool = False,
         **push_kwargs: Any,
     ) -> None:
-        """Save the pipeline with its code (diffusers' custom-code layout, remote_code.py) and a model card.
+        """Save the pipeline with its code (`save_with_code`), so that
+        ``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`` loads it without this package.
 
-        The folder loads with ``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)``
-        (no need for this package) and with ``ScratchDDPMPipeline.from_pretrained(path)``. Weights are
-        safetensors only. README.md is written from ``model_card`` (a ``model_card.ModelCardInfo``;
-        a default card if None and the folder has no README yet); text a user wrote in an existing
-        README.md outside its generated section is kept (model_card.py). Each weights file gets a
-        ``<file>.sha256`` beside it, which the package's loader checks. ``push_to_hub=True`` then
-        uploads it (``push_kwargs``: repo_id, private, token, commit_message, create_pr, endpoint;
-        ``variant`` and ``max_shard_size`` carry over).
+        With the package installed (saving/folder.py) the save is staged and moved into place, records
+        the weights' SHA-256 in ``manifest.json`` (checked by ``ScratchDDPMPipeline.from_pretrained``),
+        and writes README.md from ``model_card`` (a ``ModelCardInfo``; a default card if None and the
+        folder has none; a user's text outside the card's generated section is kept). Without it
+        (code loaded from a saved folder) it is diffusers' own save plus the code, with no card.
+        Weights are safetensors only. ``push_to_hub=True`` then uploads it (``push_kwargs``: repo_id,
+        private, token, commit_message, create_pr, endpoint; ``variant`` and ``max_shard_size`` carry over).
         """
         if not safe_serialization:
             raise ValueError("safe_serialization must be True: this pipeline saves weights as safetensors only")
-        _unshipped_module("saving.folder").save_pipeline_folder(
-            self,
-            save_directory,
-            model_card=model_card,
-            card_repo_id=None,
-            num_classes=self._num_classes(),
-            variant=variant,
-            max_shard_size=max_shard_size,
-        )
+        saving = _unshipped_module("saving.folder")
+        if saving is None:
+            save_with_code(self, save_directory, variant=variant, max_shard_size=max_shard_size)
+        else:
+            saving.save_pipeline_folder(
+                self, save_directory, model_card=model_card, card_repo_id=None, num_classes=self._num_classes(),
+                variant=variant, max_shard_size=max_shard_size,
+            )
         if push_to_hub:
             repo_id = push_kwargs.pop("repo_id", Path(save_directory).resolve().name)
             self.push_to_hub(
@@ -463,19 +487,25 @@ class ScratchDDPMPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> ScratchDDPMPipeline:
-        """Load a saved pipeline (a folder or a Hub repo id "namespace/name") with this package's classes.
+        """Load a saved pipeline (a folder, a training checkpoint or a Hub repo id) with this package's classes.
 
-        No code from the folder runs (so ``trust_remote_code`` is not needed and is ignored), and
-        weights are read from safetensors only, each checked against the ``.sha256`` the save wrote
-        beside it (a folder without them loads with a warning). Components passed as keyword
-        arguments (e.g. ``scheduler=DDIMScheduler(...)``) replace the saved ones. For Hub repos:
-        revision, token, cache_dir, local_files_only, force_download, proxies, endpoint. Model loading
-        keywords of diffusers' ``ModelMixin.from_pretrained`` (torch_dtype, variant, device_map,
-        low_cpu_mem_usage, max_memory, ...) go to each model's ``from_pretrained``; keywords that
-        cannot apply here (use_safetensors=False, use_onnx=True, custom_pipeline, ...) are a ValueError
-        saying why. A missing local folder is a FileNotFoundError naming it.
+        No code from the folder runs (``trust_remote_code`` is ignored); weights are read from
+        safetensors only, after checking them against the folder's ``manifest.json`` (a folder without
+        one loads with a warning). Components passed as keyword arguments (e.g.
+        ``scheduler=DDIMScheduler(...)``) replace the saved ones; diffusers' model loading keywords
+        (torch_dtype, variant, device_map, low_cpu_mem_usage, ...) go to each model's
+        ``from_pretrained``; for Hub repos revision, token, cache_dir, local_files_only,
+        force_download, endpoint go to the download. Keywords that cannot apply here
+        (use_safetensors=False, custom_pipeline, ...) are a ValueError saying why.
         """
-        return _unshipped_module("saving.folder").load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
+        saving = _unshipped_module("saving.folder")
+        if saving is None:
+            raise ModuleNotFoundError(
+                f"{cls.__name__}.from_pretrained loads with the installed ddpm-from-scratch package (pip install "
+                "ddpm-from-scratch); without it use DiffusionPipeline.from_pretrained(path, trust_remote_code=True)",
+                name=PACKAGE,
+            )
+        return saving.load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
 
     def push_to_hub(
         self,
@@ -490,27 +520,29 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         variant: str | None = None,
         max_shard_size: int | str | None = None,
     ) -> Any:
-        """Create the Hub repo ``repo_id`` (if needed) and upload the saved pipeline in one commit.
+        """Create the Hub repo ``repo_id`` (if needed) and upload a fresh save of the pipeline in one commit.
 
-        What is uploaded is a fresh save (code, configs, safetensors weights with their .sha256,
-        README.md model card from ``model_card``, a ``model_card.ModelCardInfo``, and sample_grid.png
-        if the card has one) made in a temporary folder, never a training output folder with its
-        checkpoints (hub_upload.py: the files, the card kept across pushes, stale weights removed).
-        ``variant`` (e.g. "fp16") uploads weights named diffusion_pytorch_model.<variant>.safetensors
-        next to the repo's other weights. ``token`` is sent to the Hub only; it is never written to a
-        file or log, and the upload is refused if any file contains it. ``endpoint`` points the client
-        at another Hub (default: HF_ENDPOINT or huggingface.co). Returns huggingface_hub's CommitInfo.
+        With the package installed (saving/hub.py) the upload is refused if any file holds ``token``,
+        the repo's README.md keeps its owner's text (``model_card``: a ``ModelCardInfo``), and the
+        repo's stale weights of the same variant are deleted. ``token`` is sent to the Hub only;
+        ``endpoint`` points the client at another Hub (default: HF_ENDPOINT or huggingface.co).
+        Returns huggingface_hub's CommitInfo.
         """
-        return _unshipped_module("saving.hub").push_pipeline(
-            self,
-            repo_id,
-            private=private,
-            token=token,
-            commit_message=commit_message,
-            model_card=model_card,
-            num_classes=self._num_classes(),
-            create_pr=create_pr,
-            endpoint=endpoint,
-            variant=variant,
-            max_shard_size=max_shard_size,
-        )
+        hub = _unshipped_module("saving.hub")
+        if hub is not None:
+            return hub.push_pipeline(
+                self, repo_id, private=private, token=token, commit_message=commit_message, model_card=model_card,
+                num_classes=self._num_classes(), create_pr=create_pr, endpoint=endpoint, variant=variant,
+                max_shard_size=max_shard_size,
+            )
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=endpoint, token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as folder:
+            save_with_code(self, folder, variant=variant, max_shard_size=max_shard_size)
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=commit_message, create_pr=create_pr
+            )

@@ -9,6 +9,10 @@ the one reverse step ``p_mean_variance``); this module adds the scheduler contra
 * ``sampling_chain``: the same tables for the chain chosen by ``set_timesteps`` (t -> previous
   timestep), which is what ``step`` walks. Both are built once and gathered by timestep.
 
+The bound and the losses (``bound/``) take a chain and ``reverse_step_config`` from here and call
+``p_mean_variance`` themselves: ``diffusion_chain`` gives the training chain (on a device) or the
+chain of any ``set_timesteps`` arguments, without touching this scheduler's own state.
+
 Where diffusers' DDPMScheduler is wrong this one is right (see the README's "Where we differ from diffusers"):
 ``fixed_large_log`` gives NaN there (diffusers issue 14569) and a proper std here, and the last step of
 a chain that does not end at t = 0 (``steps_offset > 0``, custom timesteps) adds no noise here, since
@@ -33,10 +37,11 @@ from .diffusion_math import (
     PREDICTION_TYPES,
     VARIANCE_TYPES,
     DiffusionChain,
-    ReverseStep,
+    ReverseStepConfig,
     model_log_variance,
     p_mean_variance,
     predict_xstart,
+    simple_loss_target,
 )
 from .tensor_utils import (
     ArgumentTypeError,
@@ -139,6 +144,7 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         self.forward_chain = DiffusionChain.training_chain(alphas_cumprod, eps_sq_mean)
         self.sampling_chain = self.forward_chain
         self._chains_on_device: dict[tuple[int, str], tuple[DiffusionChain, DiffusionChain]] = {}
+        self._reverse_step_config: tuple[object, ReverseStepConfig] | None = None
 
         # float32 views under diffusers' attribute names, for code that reads them directly
         self.betas = betas.float()
@@ -219,9 +225,56 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
     ) -> None:
         """Choose the sampling chain: ``num_inference_steps`` spaced by ``timestep_spacing``, or custom
         descending ``timesteps``. Each step t -> s then uses the merged step's posterior (abar_t / abar_s)."""
-        T = self.config.num_train_timesteps
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("pass exactly one of num_inference_steps or timesteps")
+        chain = self._resolve_timesteps(num_inference_steps, timesteps)
+        self.custom_timesteps = timesteps is not None
+        self.num_inference_steps = len(chain)
+        self.timesteps = torch.from_numpy(chain).to(device)
+        self.sampling_chain = DiffusionChain.strided(self.forward_chain.alphas_cumprod, chain, self._eps_sq_mean)
+        self._chains_on_device.clear()
+
+    def chain_timesteps(
+        self, num_inference_steps: int | None = None, timesteps: Sequence[int] | None = None
+    ) -> list[int]:
+        """The descending timesteps ``set_timesteps(num_inference_steps, timesteps=timesteps)`` would choose
+        (at most one of them; both None: all T, the training chain). Leaves this scheduler as it is."""
+        if num_inference_steps is None and timesteps is None:
+            return list(range(self.config.num_train_timesteps - 1, -1, -1))
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError(
+                "pass exactly one of num_inference_steps or timesteps for a strided chain, "
+                "or neither for the training chain"
+            )
+        return self._resolve_timesteps(num_inference_steps, timesteps).tolist()
+
+    def diffusion_chain(
+        self,
+        num_inference_steps: int | None = None,
+        timesteps: Sequence[int] | None = None,
+        device: str | torch.device | None = None,
+    ) -> DiffusionChain:
+        """The chain over ``chain_timesteps(num_inference_steps, timesteps)``, on ``device`` (default: the
+        CPU): the training chain t -> t - 1 when both are None, else the one ``set_timesteps`` would walk.
+        What the bound and the losses take; this scheduler's own timesteps are left as they are."""
+        if num_inference_steps is None and timesteps is None:
+            return self._chain_on(device, self.forward_chain)
+        walk = torch.tensor(self.chain_timesteps(num_inference_steps, timesteps))
+        chain = DiffusionChain.strided(self.forward_chain.alphas_cumprod, walk, self._eps_sq_mean)
+        return chain if device is None else chain.to(device)
+
+    @property
+    def reverse_step_config(self) -> ReverseStepConfig:
+        """How this config reads a model output into p_theta(x_s | x_t) (prediction, variance, clipping)."""
+        config = self.config
+        # kept per config object (register_to_config replaces it): rebuilt per step it adds ~5 us to each
+        if self._reverse_step_config is None or self._reverse_step_config[0] is not config:
+            self._reverse_step_config = (config, ReverseStepConfig.from_config(config))
+        return self._reverse_step_config[1]
+
+    def _resolve_timesteps(self, num_inference_steps: int | None, timesteps: Sequence[int] | None) -> np.ndarray:
+        """Descending int64 timesteps for exactly one of the two arguments, checked."""
+        T = self.config.num_train_timesteps
         if timesteps is not None:
             chain = as_timesteps("timesteps", timesteps)
             chain = np.atleast_1d(np.asarray(chain.cpu() if isinstance(chain, torch.Tensor) else chain, dtype=np.int64))
@@ -229,7 +282,6 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"timesteps must be a non-empty 1-d sequence of ints, got {timesteps!r}")
             if np.any(np.diff(chain) >= 0):
                 raise ValueError(f"timesteps must be strictly descending, got {chain.tolist()}")
-            self.custom_timesteps = True
         else:
             num_inference_steps = require_int("num_inference_steps", num_inference_steps)
             if not 1 <= num_inference_steps <= T:
@@ -237,20 +289,12 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
                     f"num_inference_steps must be an int in [1, num_train_timesteps={T}], got {num_inference_steps!r}"
                 )
             chain = spaced_timesteps(self.config.timestep_spacing, T, int(num_inference_steps), self.config.steps_offset)
-            self.custom_timesteps = False
         if chain.min() < 0 or chain.max() >= T:
             raise ValueError(
                 f"timesteps must lie in [0, num_train_timesteps - 1 = {T - 1}], got {chain.tolist()}"
                 + (f" (steps_offset={self.config.steps_offset})" if timesteps is None else "")
             )
-        self.num_inference_steps = len(chain)
-        self.timesteps = torch.from_numpy(chain).to(device)
-
-        prev_timesteps = torch.arange(T) - 1  # timesteps outside the chain keep the training step
-        chain_t = torch.from_numpy(chain)
-        prev_timesteps[chain_t] = torch.cat([chain_t[1:], chain_t.new_tensor([-1])])
-        self.sampling_chain = DiffusionChain.build(self.forward_chain.alphas_cumprod, prev_timesteps, self._eps_sq_mean)
-        self._chains_on_device.clear()
+        return chain
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
         """The timestep the sampling chain steps to from ``timestep`` (-1 after the last step)."""
@@ -273,7 +317,7 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         of ``sample``) instead of from ``generator``; the sampling loop uses it to draw noise outside a
         CUDA graph and to copy host-drawn noise without a sync.
 
-        The mean and variance are those of ``reverse_step`` (diffusion_math's ``p_mean_variance``):
+        The mean and variance are diffusion_math's ``p_mean_variance`` for ``reverse_step_config``:
         x_0 from the model output, clipped or thresholded, mean = posterior mean P2, log-variance for
         ``variance_type``. The step adds sigma_t z, with no noise on the chain's final step.
 
@@ -285,7 +329,7 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         if self.check_finite:
             require_finite(t, model_output=model_output, sample=sample)
         chain = self._chain_for(t, sample.device, self.sampling_chain)
-        reverse = self._reverse_step(chain, model_output, sample, t)
+        reverse = p_mean_variance(chain, model_output, sample, t, self.reverse_step_config)
         prev_sample, pred_original_sample = reverse.mean, reverse.pred_xstart
         # diffusers draws noise exactly when t > 0; doing the same keeps the random streams equal.
         if self._draws_noise(t):
@@ -316,7 +360,7 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         chain = self._chain_on(sample.device, self.forward_chain)
         return chain.velocity(sample, noise, self._checked_timesteps(timesteps))
 
-    # ---- the math, public for training and likelihood code --------------------------------
+    # ---- the math on the training chain, for code that holds a scheduler -------------------
 
     def q_posterior_mean_variance(
         self, x_start: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor | int
@@ -335,34 +379,10 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
                               self.config.prediction_type)
 
     def training_target(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """What the model regresses onto under L_simple: the noise, x_0 (``sample``) or v."""
-        if self.config.prediction_type == "epsilon":
-            return noise
-        if self.config.prediction_type == "sample":
-            return sample
-        return self.get_velocity(sample, noise, timesteps)
-
-    def reverse_step(
-        self,
-        model_output: torch.Tensor,
-        sample: torch.Tensor,
-        timestep: int | torch.Tensor,
-        *,
-        chain: DiffusionChain | None = None,
-        clip_denoised: bool | None = None,
-    ) -> ReverseStep:
-        """p_theta(x_s | x_t) for this config: the mean and log-variance ``step`` samples from.
-
-        ``chain``: the sampling chain by default; the variational bound passes ``forward_chain``
-        (s = t - 1). ``clip_denoised`` overrides the config's x_0 clipping: None clips or thresholds
-        as ``step`` does, True clips to [-clip_sample_range, clip_sample_range], False leaves x_0 as
-        predicted.
-        """
-        t = self._host_timestep(timestep)
-        if not isinstance(t, int):
-            t = self._checked_timesteps(t)
-        chain = self._chain_for(t, sample.device, self.sampling_chain if chain is None else chain)
-        return self._reverse_step(chain, model_output, sample, t, clip_denoised)
+        """What the model regresses onto under L_simple (L2): the noise, x_0 (``sample``) or v."""
+        self._check_same_shape(sample=sample, noise=noise)
+        chain = self._chain_on(sample.device, self.forward_chain)
+        return simple_loss_target(chain, sample, noise, self._checked_timesteps(timesteps), self.config.prediction_type)
 
     def _get_variance(
         self, t: int | torch.Tensor, predicted_variance: torch.Tensor | None = None, variance_type: str | None = None
@@ -404,24 +424,6 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
 
     # ---- helpers ----------------------------------------------------------------------------
 
-    def _reverse_step(
-        self, chain: DiffusionChain, model_output: torch.Tensor, sample: torch.Tensor, t, clip_denoised=None
-    ) -> ReverseStep:
-        config = self.config
-        return p_mean_variance(
-            chain,
-            model_output,
-            sample,
-            t,
-            prediction_type=config.prediction_type,
-            variance_type=config.variance_type,
-            clip_sample=config.clip_sample if clip_denoised is None else clip_denoised,
-            clip_sample_range=config.clip_sample_range,
-            thresholding=config.thresholding and clip_denoised is None,
-            dynamic_thresholding_ratio=config.dynamic_thresholding_ratio,
-            sample_max_value=config.sample_max_value,
-        )
-
     def _chain_for(self, t: int | torch.Tensor, device: torch.device, chain: DiffusionChain) -> DiffusionChain:
         # a host timestep reads Python-float coefficients; a tensor one gathers on the sample's device (no sync)
         return chain if isinstance(t, int) else self._chain_on(device, chain)
@@ -447,7 +449,9 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
             return True
         return bool((t > 0).any())
 
-    def _chain_on(self, device: torch.device, chain: DiffusionChain) -> DiffusionChain:
+    def _chain_on(self, device: torch.device | str | None, chain: DiffusionChain) -> DiffusionChain:
+        if device is None:
+            return chain
         device = torch.device(device)
         if device.type != "mps" and chain.alphas_cumprod.device == device:
             return chain  # already there (e.g. a chain the caller moved): nothing to cache

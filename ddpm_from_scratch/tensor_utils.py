@@ -13,6 +13,7 @@ import numbers
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -52,17 +53,17 @@ def as_timesteps(name: str, timesteps) -> int | torch.Tensor:
     refused whatever their value (5.7 and 5.0 alike): telling an integral float tensor from a
     fractional one means reading it, a device sync on an accelerator. Bools are refused too.
     """
-    if isinstance(timesteps, (bool, np.bool_)):
-        raise ArgumentTypeError(f"{name} must be an integer timestep, got bool {timesteps!r}")
-    if isinstance(timesteps, numbers.Integral):
-        return int(timesteps)
-    if isinstance(timesteps, torch.Tensor):
+    if isinstance(timesteps, torch.Tensor):  # first: the sampling loop's case, checked from metadata only
         if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
             raise ArgumentTypeError(
                 f"{name} must have an integer dtype (as scheduler.timesteps has), got a {timesteps.dtype} tensor; "
                 "timesteps are never rounded or truncated here: convert them explicitly, e.g. t.round().long()"
             )
         return timesteps
+    if isinstance(timesteps, (bool, np.bool_)):
+        raise ArgumentTypeError(f"{name} must be an integer timestep, got bool {timesteps!r}")
+    if isinstance(timesteps, numbers.Integral):
+        return int(timesteps)
     if isinstance(timesteps, (np.ndarray, list, tuple)):
         array = np.asarray(timesteps)
         if array.dtype.kind not in "iu" and not (array.size == 0 and array.dtype.kind == "f"):
@@ -108,9 +109,10 @@ def extract(table: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) ->
 
     ``table`` is a per-timestep float64 table; the result is cast to ``like``'s dtype and
     device *after* the lookup, so the table itself keeps full precision. ``timesteps`` may be
-    a Python int, a 0-d tensor or a (B,) tensor whose B matches ``like.shape[0]``.
+    a Python int, a 0-d tensor or a (B,) tensor whose B matches ``like.shape[0]``, of an integer
+    type (``as_timesteps``: a float is refused, never truncated).
     """
-    timesteps = torch.as_tensor(timesteps, device=table.device).long()
+    timesteps = torch.as_tensor(as_timesteps("timesteps", timesteps), device=table.device).long()
     if timesteps.ndim > 1:
         raise ValueError(f"timesteps must be a scalar or a 1-d batch, got shape {tuple(timesteps.shape)}")
     if timesteps.ndim == 1 and like.ndim > 0 and timesteps.shape[0] not in (1, like.shape[0]):
@@ -140,26 +142,17 @@ def draw_noise(
     device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Standard normal noise of ``shape``, reproducible for a generator or a list of them.
+    """Standard normal noise of ``shape``: diffusers' ``randn_tensor``, the very draws DDPMScheduler.step
+    makes from the same generator (a CPU generator draws on the CPU and the result is moved, so a seed
+    means the same noise on every device; a list holds one generator per batch element).
 
-    Matches diffusers' ``randn_tensor`` stream for stream, so that the same generator gives the
-    same images as diffusers: a CPU generator draws on the CPU and the result is moved (so a seed
-    means the same noise on every device); a list holds one generator per batch element (a list of
-    one is the same as that generator).
+    Ours only in this: a list of generators must hold one per batch element (or just one), where
+    ``randn_tensor`` silently ignores the extra ones.
     """
-    if isinstance(generator, (list, tuple)) and len(generator) == 1:
-        generator = generator[0]
     if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
+        if len(generator) not in (1, shape[0]):
             raise ValueError(
                 f"got a list of {len(generator)} generators for a batch of {shape[0]}; pass one per sample"
             )
-        return torch.cat([draw_noise((1, *shape[1:]), g, device, dtype) for g in generator]).to(device)
-    if generator is None:
-        return torch.randn(shape, device=device, dtype=dtype)
-    rand_device = generator.device
-    if rand_device == device:
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    if rand_device.type != "cpu":
-        raise ValueError(f"generator is on {rand_device} but the noise is wanted on {device}; use a CPU generator")
-    return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
+        generator = list(generator)
+    return randn_tensor(tuple(shape), generator=generator, device=torch.device(device), dtype=dtype)

@@ -1,4 +1,5 @@
-"""Plain helpers the tests call with arguments: a perturbed model, a read-only folder, a free port."""
+"""Plain helpers the tests call with arguments: a perturbed model, a read-only folder, a free port,
+the rows of a printed markdown table."""
 
 from __future__ import annotations
 
@@ -55,3 +56,10 @@ def free_loopback_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The body rows of the markdown table(s) in ``output`` (lines starting "| "), as stripped cells; the
+    first such line, the header, is left out."""
+    lines = [line for line in output.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]

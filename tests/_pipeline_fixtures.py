@@ -106,8 +106,9 @@ def isolated_remote_code_cache(path):
 
 
 # A fresh interpreter where `import ddpm_from_scratch` fails, however it is installed (editable, wheel,
-# PYTHONPATH), loads SOURCE (a folder or Hub repo id) with diffusers alone and samples; then it tries to
-# re-save, and if that works, reloads the copy and samples again.
+# PYTHONPATH), loads SOURCE (a folder or Hub repo id) with diffusers alone and samples; runs THEN (Python
+# code with `pipe` in scope, e.g. another scheduler or a push); then it tries to re-save, and if that works,
+# reloads the copy and samples again.
 NO_PACKAGE_CHILD = textwrap.dedent(
     """
     import importlib.abc, json, sys
@@ -137,6 +138,7 @@ NO_PACKAGE_CHILD = textwrap.dedent(
         return pipe, np.asarray(result.cpu() if isinstance(result, torch.Tensor) else result)
 
     pipe, first = images(source)
+    exec(sys.argv[6], {"pipe": pipe, "torch": torch})
     outputs, save_error = {"first": first}, None
     try:
         pipe.save_pretrained(resaved)
@@ -154,8 +156,10 @@ NO_PACKAGE_CHILD = textwrap.dedent(
 )
 
 
-def run_without_package(source: str, tmp_path: Path, call: dict, seed: int = 0, **extra_env: str) -> tuple[dict, dict]:
-    """Run NO_PACKAGE_CHILD with ``torch.Generator().manual_seed(seed)``; returns (its report,
+def run_without_package(
+    source: str, tmp_path: Path, call: dict, seed: int = 0, then: str = "", **extra_env: str
+) -> tuple[dict, dict]:
+    """Run NO_PACKAGE_CHILD with ``torch.Generator().manual_seed(seed)`` and ``then``; returns (its report,
     {"first": images, "second": images after re-saving, if the re-save worked}). Images come back as
     numpy arrays in the layout ``call``'s output_type gives."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HUB_OFFLINE")}
@@ -176,6 +180,7 @@ def run_without_package(source: str, tmp_path: Path, call: dict, seed: int = 0, 
             str(tmp_path / "out.npz"),
             json.dumps(call),
             str(seed),
+            then,
         ],
         env=env,
         cwd=tmp_path,  # not the repository root, which would put the package on sys.path

@@ -37,13 +37,15 @@ def install_patches(args: argparse.Namespace) -> None:
     import ddpm_from_scratch.training.trainer as train
 
     if args.kill_while_checkpointing is not None:
-        staging_name = f"{checkpoints.STAGING_PREFIX}checkpoint-{args.kill_while_checkpointing}"
+        from ddpm_from_scratch.saving.layout import CHECKPOINT_STAGING_PREFIX
+
+        staging_name = f"{CHECKPOINT_STAGING_PREFIX}checkpoint-{args.kill_while_checkpointing}"
         write_manifest = checkpoints.write_manifest
 
-        def write_manifest_or_die(folder):
+        def write_manifest_or_die(folder, *manifest_args, **manifest_kwargs):
             if folder.name == staging_name:
                 _kill_self()
-            return write_manifest(folder)
+            return write_manifest(folder, *manifest_args, **manifest_kwargs)
 
         checkpoints.write_manifest = write_manifest_or_die  # save_checkpoint looks it up in its module
 
@@ -94,7 +96,7 @@ def install_patches(args: argparse.Namespace) -> None:
 
         with open(args.digits_unet_config) as handle:
             config = {key: value for key, value in json.load(handle).items() if not key.startswith("_")}
-        UNET_PRESETS["digits"] = config  # the same dict object ddpm_from_scratch.training.components reads
+        UNET_PRESETS["digits"] = config  # the same dict object ddpm_from_scratch.training.model reads
 
 
 class UnsafeLoadAttempted(AssertionError):

@@ -22,3 +22,17 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def digits_classifier_cache(tmp_path_factory):
+    """A private cache folder for the digits classifier, set as $DDPM_FROM_SCRATCH_CACHE for the session.
+
+    The evaluation tests train the classifier once (seconds) into it and share it; code that uses the
+    default cache, and every process a test starts, reads and writes here, never in the user's ~/.cache."""
+    from ddpm_from_scratch.digits.classifier import CACHE_ENV_VAR
+
+    folder = tmp_path_factory.mktemp("classifier_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV_VAR, str(folder))
+        yield folder

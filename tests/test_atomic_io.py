@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from ddpm_from_scratch.saving.atomic_io import atomic_path, atomic_write, write_bytes_atomic, write_json_atomic
+from ddpm_from_scratch.saving.atomic_io import atomic_path, atomic_write, write_json_atomic
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
@@ -25,7 +25,9 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
 def test_files_get_the_mode_a_plain_open_would_give(tmp_path):
     previous = os.umask(0o022)
     try:
-        written = [write_bytes_atomic(b"x", tmp_path / "a.bin"), write_json_atomic([1], tmp_path / "b.json")]
+        with atomic_write(tmp_path / "a.bin") as handle:
+            handle.write(b"x")
+        written = [tmp_path / "a.bin", write_json_atomic([1], tmp_path / "b.json")]
         with atomic_path(tmp_path / "c.safetensors") as tmp:
             tmp.write_bytes(b"y")
         written.append(tmp_path / "c.safetensors")

@@ -1,6 +1,6 @@
 """ddpm-evaluate on tiny pipelines saved here (T = 10, a few samples): the table, the JSON, the loaders.
 
-The digits classifier is trained once into a temporary cache for the module (seconds).
+The digits classifier is trained once per session into a temporary cache (conftest.py; seconds).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from ddpm_from_scratch.cli.evaluate import main
 from ddpm_from_scratch.digits.data import held_out_digits
-from ddpm_from_scratch.digits.evaluation import evaluate_pipeline, load_pipeline, sample_digits
+from ddpm_from_scratch.digits.evaluation import evaluate_pipeline, sample_digits
+from ddpm_from_scratch.saving.folder import load_any_pipeline
 from ddpm_from_scratch.sampling.images import uint8_to_model_range
 from ddpm_from_scratch.bound.likelihood import nll_bits_per_dim
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
@@ -45,8 +46,8 @@ def saved_pipeline(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("classifier_cache")
+def cache_dir(digits_classifier_cache):
+    return digits_classifier_cache  # the session's classifier cache (conftest.py): trained once
 
 
 def test_command_prints_one_table_and_writes_json(saved_pipeline, cache_dir, tmp_path, capsys):
@@ -106,7 +107,7 @@ def test_a_stock_diffusers_pipeline_folder_is_evaluated_too(tmp_path, capsys):
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                        norm_num_groups=4)
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=T)).save_pretrained(tmp_path / "stock")
-    assert isinstance(load_pipeline(tmp_path / "stock"), DDPMPipeline)
+    assert isinstance(load_any_pipeline(tmp_path / "stock"), DDPMPipeline)
     assert main([str(tmp_path / "stock"), "--num-samples", "0", "--nll-images", "3", "--no-progress"]) == 0
     assert "NLL bound on 3 held-out digits" in capsys.readouterr().out
 
@@ -159,7 +160,7 @@ def test_a_training_checkpoint_folder_is_evaluated_from_its_ema_weights(saved_pi
     ema.save_pretrained(checkpoint / "unet_ema")
     pipeline.scheduler.save_pretrained(checkpoint / "scheduler")
     (checkpoint / "training_state.json").write_text("{}")
-    loaded = load_pipeline(checkpoint)
+    loaded = load_any_pipeline(checkpoint)
     for key, value in loaded.unet.state_dict().items():
         torch.testing.assert_close(value, ema.state_dict()[key], rtol=0, atol=0)
     out = tmp_path / "ckpt.json"

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py: its CPU mode (--smoke) writes the report with every part, and the parts'
+"""`python -m benchmarks.gpu_check`: its CPU mode (--smoke) writes the report with every part, and the parts'
 time limits hold. What it measures on a GPU is not checked here (CI has no GPU)."""
 
 from __future__ import annotations
@@ -7,24 +7,22 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from _benchmark_scripts import BENCHMARKS, load_script
+from benchmarks import gpu_check
 
-SCRIPT = BENCHMARKS / "gpu_check.py"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_ON_CPU = ("environment", "cuda_tests", "training_run", "train_bench", "sampling_bench")
 
 
-def load_gpu_check():
-    return load_script("gpu_check")
-
-
+@pytest.mark.slow
 def test_smoke_writes_one_markdown_and_one_json_with_every_part(tmp_path):
-    gpu_check = load_gpu_check()
     out = tmp_path / "report"
-    result = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], capture_output=True,
-                            text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--smoke", "--out", str(out)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md"]
     report = json.loads((out / "gpu_check.json").read_text())
     parts = report["parts"]
@@ -55,8 +53,8 @@ def test_smoke_writes_one_markdown_and_one_json_with_every_part(tmp_path):
     assert parts["training_run"]["result"]["mixed_precision_in_log"]
 
 
+@pytest.mark.slow
 def test_a_part_over_its_limit_is_stopped_and_the_others_still_report(tmp_path):
-    gpu_check = load_gpu_check()
     limits = {**gpu_check.SMOKE.limits_s, "train_bench": 1}
     records = gpu_check.run_parts(["environment", "train_bench"], True, tmp_path, 300, limits, lambda message: None)
     assert records["environment"]["status"] == "ok"
@@ -64,8 +62,6 @@ def test_a_part_over_its_limit_is_stopped_and_the_others_still_report(tmp_path):
 
 
 def test_projection_arithmetic():
-    gpu_check = load_gpu_check()
-
     def row(batch, rate, **options):
         options = {"fused_adam": True, "mixed_precision": "bf16", "channels_last": False, "compile": False, **options}
         return {"batch": batch, "ours_images_per_s": rate, "settings": str(options), "options": options}
@@ -83,7 +79,6 @@ def test_projection_arithmetic():
 
 def test_a_gpu_report_renders_every_section():
     """The GPU-only sections (compiled rows, CUDA-graph check, projection) on made-up numbers."""
-    gpu_check = load_gpu_check()
 
     def train_row(batch, rate, **options):
         options = {"fused_adam": True, "mixed_precision": "bf16", "channels_last": False, "compile": False, **options}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import logging
 import sys
 import textwrap
@@ -41,7 +42,7 @@ EXPECTED_FILES = {
     "sample_grid.png",
     "unet/config.json",
     "unet/diffusion_pytorch_model.safetensors",
-    "unet/diffusion_pytorch_model.safetensors.sha256",
+    "manifest.json",
     "unet/unet.py",
     "scheduler/scheduler_config.json",
     "scheduler/scheduler.py",
@@ -92,8 +93,9 @@ def test_push_uploads_the_saved_pipeline_and_a_model_card(pipeline, hub, caplog,
     )
     repo = "test-user/tiny-ddpm"
     assert info.oid == hub.commit_oid(repo)
-    # create, list the repo's files (a README to keep? stale weights?), then one commit
-    assert [name for _, name, _ in hub.calls] == ["create_repo", "tree", "validate_yaml", "preupload", "commit"]
+    # create, list the repo's files (a README and manifest to keep?), upload_folder lists them (stale weights to
+    # delete?), then one commit
+    assert [name for _, name, _ in hub.calls] == ["create_repo", "tree", "tree", "validate_yaml", "preupload", "commit"]
     assert hub.unexpected == []
     assert hub.repo_payloads == [{"name": "tiny-ddpm", "organization": None, "visibility": "private"}]
     assert hub.commit_headers[0]["summary"] == "first model"
@@ -130,6 +132,7 @@ def test_push_uploads_the_saved_pipeline_and_a_model_card(pipeline, hub, caplog,
     assert TOKEN not in caplog.text + out + err
 
 
+@pytest.mark.slow
 def test_the_pushed_repo_loads_from_the_hub_with_diffusers_alone_and_with_the_package(pipeline, hub, tmp_path):
     pipeline.push_to_hub("my-org/tiny", token=TOKEN, endpoint=hub.endpoint)
     assert hub.repo_payloads[-1] == {"name": "tiny", "organization": "my-org", "visibility": "public"}
@@ -139,12 +142,33 @@ def test_the_pushed_repo_loads_from_the_hub_with_diffusers_alone_and_with_the_pa
     loaded.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(loaded(generator=seeded(0), **CALL).images, expected)
 
-    # a Hub user with diffusers only (diffusers' download and remote-code loader, in a fresh interpreter)
-    report, outputs = run_without_package("my-org/tiny", tmp_path, CALL, HF_ENDPOINT=hub.endpoint)
+    # a Hub user with diffusers only (diffusers' download and remote-code loader, in a fresh interpreter) loads
+    # it, sets another scheduler config and pushes it again (diffusers' save with the code, huggingface_hub's upload)
+    change = (
+        "pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, variance_type='fixed_large'); "
+        f"pipe.push_to_hub('no-package', token={TOKEN!r}, endpoint={hub.endpoint!r})"
+    )
+    report, outputs = run_without_package("my-org/tiny", tmp_path, CALL, then=change, HF_ENDPOINT=hub.endpoint)
     assert report["package_modules"] == [] and report["classes"][0].startswith("diffusers_modules.")
     np.testing.assert_allclose(outputs["first"], expected, atol=1e-6)
-    assert report["save_error"]["type"] == "ModuleNotFoundError"  # saving needs the package
+    assert report["save_error"] is None
     assert hub.unexpected == []
+
+    assert EXPECTED_FILES - {"README.md", "sample_grid.png", "manifest.json"} <= set(hub.files["test-user/no-package"])
+    changed = ScratchDDPMPipeline(
+        unet=pipeline.unet,
+        scheduler=type(pipeline.scheduler).from_config(pipeline.scheduler.config, variance_type="fixed_large"),
+    )
+    expected_changed = changed(generator=seeded(0), **CALL).images
+    assert not np.allclose(expected_changed, expected)
+    np.testing.assert_allclose(outputs["second"], expected_changed, atol=1e-6)  # the local re-save
+    pushed = ScratchDDPMPipeline.from_pretrained("test-user/no-package", endpoint=hub.endpoint,
+                                                 cache_dir=tmp_path / "cache")
+    pushed.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(pushed(generator=seeded(0), **CALL).images, expected_changed)
+    (tmp_path / "again").mkdir()
+    report, outputs = run_without_package("test-user/no-package", tmp_path / "again", CALL, HF_ENDPOINT=hub.endpoint)
+    np.testing.assert_allclose(outputs["first"], expected_changed, atol=1e-6)
 
 
 def test_upload_is_refused_when_a_file_would_contain_the_token(pipeline, hub):
@@ -262,21 +286,18 @@ def test_a_variant_is_pushed_beside_the_weights_and_stale_shards_are_deleted(pip
     pipeline.push_to_hub("variants", token=TOKEN, endpoint=hub.endpoint, max_shard_size="20KB")
     repo = "test-user/variants"
     shards = sorted(name for name in hub.files[repo] if name.startswith("unet/diffusion_pytorch_model-"))
-    assert len(shards) > 2  # shards and their .sha256
+    assert len(shards) > 1
 
     pipeline.push_to_hub("variants", token=TOKEN, endpoint=hub.endpoint, variant="fp16")
-    assert {"unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors.sha256",
-            *shards} <= set(hub.files[repo])  # other variants' weights stay
+    assert {"unet/diffusion_pytorch_model.fp16.safetensors", *shards} <= set(hub.files[repo])  # other variants' stay
     assert hub.deleted == []
 
     pipeline.push_to_hub("variants", token=TOKEN, endpoint=hub.endpoint)  # unsharded main weights again
-    assert sorted(hub.deleted) == sorted([*shards, "unet/diffusion_pytorch_model.safetensors.index.json",
-                                          "unet/diffusion_pytorch_model.safetensors.index.json.sha256"])
+    assert sorted(hub.deleted) == sorted([*shards, "unet/diffusion_pytorch_model.safetensors.index.json"])
     weights = {name for name in hub.files[repo] if name.startswith("unet/diffusion_pytorch_model")}
-    assert weights == {
-        "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors.sha256",
-        "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors.sha256",
-    }
+    assert weights == {"unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors"}
+    # the manifest of the last push still records the fp16 weights of the one before
+    assert set(json.loads(hub.files[repo]["manifest.json"])["files"]) == weights
     loaded = ScratchDDPMPipeline.from_pretrained(repo, endpoint=hub.endpoint, variant="fp16")
     for key, value in pipeline.unet.state_dict().items():
         torch.testing.assert_close(loaded.unet.state_dict()[key], value, rtol=0, atol=0)
@@ -284,7 +305,7 @@ def test_a_variant_is_pushed_beside_the_weights_and_stale_shards_are_deleted(pip
 
 def test_only_the_pipeline_files_are_chosen_for_upload(tmp_path):
     for name in ["model_index.json", "README.md", "pipeline.py", "unet/config.json", "unet/unet.py",
-                 "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors.sha256",
+                 "unet/diffusion_pytorch_model.safetensors", "manifest.json",
                  "scheduler/scheduler_config.json",
                  # not part of a saved pipeline
                  ".saving-x/model_index.json", "unet/.cache/huggingface/x.lock", "__pycache__/pipeline.cpython-311.pyc",
@@ -292,6 +313,6 @@ def test_only_the_pipeline_files_are_chosen_for_upload(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     assert [p.relative_to(tmp_path).as_posix() for p in uploadable_files(tmp_path)] == [
-        "README.md", "model_index.json", "pipeline.py", "scheduler/scheduler_config.json", "unet/config.json",
-        "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors.sha256", "unet/unet.py",
+        "README.md", "manifest.json", "model_index.json", "pipeline.py", "scheduler/scheduler_config.json",
+        "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "unet/unet.py",
     ]

@@ -22,6 +22,7 @@ from ddpm_from_scratch.bound.likelihood import (
     normal_kl,
     prior_kl,
 )
+from ddpm_from_scratch.diffusion_math import p_mean_variance
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 
 F64 = torch.float64
@@ -123,7 +124,7 @@ def test_prior_kl_uses_the_last_timestep():
     abar_T = torch.cumprod(1 - torch.linspace(0.01, 0.3, 7, dtype=F64), 0)[-1]
     q_T = torch.distributions.Normal(abar_T.sqrt() * x0, (1 - abar_T).sqrt())
     expected = torch.distributions.kl_divergence(q_T, torch.distributions.Normal(0.0, 1.0)).reshape(2, -1).sum(1)
-    torch.testing.assert_close(prior_kl(scheduler, x0), expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(prior_kl(scheduler.diffusion_chain(), x0), expected, rtol=1e-12, atol=1e-14)
 
 
 def test_nats_to_bits_per_dim():
@@ -331,12 +332,13 @@ def test_fixed_large_decoder_variance_is_ho_et_al_choice(variance_type):
     scheduler = ScratchDDPMScheduler(num_train_timesteps=50, variance_type=variance_type)
     chain = scheduler.forward_chain
     x_t = torch.zeros(3, 1, 2, 2, dtype=F64)
-    step = scheduler.reverse_step(torch.zeros_like(x_t), x_t, torch.tensor([0, 1, 49]), chain=chain)
+    config = scheduler.reverse_step_config
+    step = p_mean_variance(chain, torch.zeros_like(x_t), x_t, torch.tensor([0, 1, 49]), config)
     expected = torch.stack([chain.posterior_variance[1], chain.betas[1], chain.betas[49]]).log()
     torch.testing.assert_close(step.log_variance[:, 0, 0, 0], expected, rtol=1e-14, atol=0)
     # the host-timestep path (Python floats) gives the same variances
     for t, value in zip((0, 1, 49), expected.tolist()):
-        assert scheduler.reverse_step(torch.zeros_like(x_t), x_t, t, chain=chain).log_variance == pytest.approx(
+        assert p_mean_variance(chain, torch.zeros_like(x_t), x_t, t, config).log_variance == pytest.approx(
             value, rel=1e-14
         )
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from ddpm_from_scratch.bound.losses import LOSS_TYPES, hybrid_loss, simple_loss, training_loss, vlb_loss
+from ddpm_from_scratch.diffusion_math import DiffusionChain, ReverseStepConfig
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 
 F64 = torch.float64
@@ -21,6 +22,12 @@ C = 2  # image channels; a learned-variance model outputs 2C
 def scheduler(**config) -> ScratchDDPMScheduler:
     config.setdefault("variance_type", "learned_range")
     return ScratchDDPMScheduler(num_train_timesteps=T, beta_start=0.001, beta_end=0.2, **config)
+
+
+def chain_and_config(sched=None, **config) -> tuple[DiffusionChain, ReverseStepConfig]:
+    """What the losses take: the training chain and how the output is read, as a trainer gets them."""
+    sched = scheduler(**config) if sched is None else sched
+    return sched.diffusion_chain(), sched.reverse_step_config
 
 
 def batch(seed=0, timesteps=(0, 1, 4, 9, 0, 6)):
@@ -89,10 +96,10 @@ def test_simple_loss_is_the_mse_to_the_training_target(prediction_type, channels
     out = model_output(x_t, channels=channels)
     sched = scheduler(prediction_type=prediction_type, variance_type=variance_type)
     expected = ((out[:, :C] - direct_target(prediction_type, x0, noise, t)) ** 2).mean(dim=(1, 2, 3))
-    got = simple_loss(out, sched, x0, noise, t)
+    got = simple_loss(out, *chain_and_config(sched), x0, noise, t)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
     # what the trainer's L_simple computes: F.mse_loss over the whole batch
-    loss = training_loss("simple", out, sched, x0, x_t, noise, t)
+    loss = training_loss("simple", out, *chain_and_config(sched), x0, x_t, noise, t)
     torch.testing.assert_close(loss, F.mse_loss(out[:, :C], direct_target(prediction_type, x0, noise, t)),
                                rtol=1e-12, atol=1e-14)
 
@@ -100,24 +107,25 @@ def test_simple_loss_is_the_mse_to_the_training_target(prediction_type, channels
 def test_hybrid_loss_matches_a_direct_computation():
     x0, noise, t, x_t = batch()
     out = model_output(x_t)
-    loss = hybrid_loss(out, scheduler(), x0, x_t, noise, t, lambda_vlb=0.001)
+    loss = hybrid_loss(out, *chain_and_config(), x0, x_t, noise, t, lambda_vlb=0.001)
     vlb = direct_vlb_bits_per_dim(out, x0, x_t, t)
     simple = ((out[:, :C] - noise) ** 2).mean(dim=(1, 2, 3))
-    got_vlb = vlb_loss(out, scheduler(), x0, x_t, t)
+    got_vlb = vlb_loss(out, *chain_and_config(), x0, x_t, t)
     torch.testing.assert_close(got_vlb, vlb, rtol=1e-10, atol=1e-12)
     assert (got_vlb > 0).all()
     # lambda * L_vlb with L_vlb = sum over T terms, estimated by T * L_t at the drawn t
     torch.testing.assert_close(loss, (simple + 0.001 * T * vlb).mean(), rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(training_loss("hybrid", out, scheduler(), x0, x_t, noise, t), loss, rtol=0, atol=0)
-    zero = hybrid_loss(out, scheduler(), x0, x_t, noise, t, lambda_vlb=0.0)
+    hybrid = training_loss("hybrid", out, *chain_and_config(), x0, x_t, noise, t)
+    torch.testing.assert_close(hybrid, loss, rtol=0, atol=0)
+    zero = hybrid_loss(out, *chain_and_config(), x0, x_t, noise, t, lambda_vlb=0.0)
     torch.testing.assert_close(zero, simple.mean(), rtol=1e-12, atol=1e-14)
 
 
 def test_hybrid_loss_in_float32_matches_float64():
     x0, noise, t, x_t = batch()
     out = model_output(x_t)
-    reference = hybrid_loss(out, scheduler(), x0, x_t, noise, t)
-    single = hybrid_loss(out.float(), scheduler(), x0.float(), x_t.float(), noise.float(), t)
+    reference = hybrid_loss(out, *chain_and_config(), x0, x_t, noise, t)
+    single = hybrid_loss(out.float(), *chain_and_config(), x0.float(), x_t.float(), noise.float(), t)
     assert single.dtype == torch.float32
     torch.testing.assert_close(single.double(), reference, rtol=1e-4, atol=0)
 
@@ -128,8 +136,8 @@ def test_hybrid_loss_in_float32_matches_float64():
 def test_the_mean_learns_only_from_l_simple():
     x0, noise, t, x_t = batch()
     out = model_output(x_t, requires_grad=True)
-    (grad_hybrid,) = torch.autograd.grad(hybrid_loss(out, scheduler(), x0, x_t, noise, t), out)
-    (grad_simple,) = torch.autograd.grad(simple_loss(out, scheduler(), x0, noise, t).mean(), out)
+    (grad_hybrid,) = torch.autograd.grad(hybrid_loss(out, *chain_and_config(), x0, x_t, noise, t), out)
+    (grad_simple,) = torch.autograd.grad(simple_loss(out, *chain_and_config(), x0, noise, t).mean(), out)
     (grad_vlb,) = torch.autograd.grad(direct_vlb_bits_per_dim(out, x0, x_t, t).mean(), out)
 
     # the bound would move the mean (so the stop-gradient matters) ...
@@ -159,10 +167,10 @@ def test_parameter_gradients_of_the_mean_head_come_from_l_simple_only():
     x0, noise, t, x_t = batch()
     model = TwoHeadModel()
     hybrid_grads = torch.autograd.grad(
-        hybrid_loss(model(x_t), scheduler(), x0, x_t, noise, t), list(model.parameters())
+        hybrid_loss(model(x_t), *chain_and_config(), x0, x_t, noise, t), list(model.parameters())
     )
     simple_grads = torch.autograd.grad(
-        simple_loss(model(x_t), scheduler(), x0, noise, t).mean(), list(model.parameters()), allow_unused=True
+        simple_loss(model(x_t), *chain_and_config(), x0, noise, t).mean(), list(model.parameters()), allow_unused=True
     )
     for (name, _), g_hybrid, g_simple in zip(model.named_parameters(), hybrid_grads, simple_grads):
         if name.startswith("mean_head"):
@@ -178,17 +186,19 @@ def test_bad_arguments_are_refused():
     x0, noise, t, x_t = batch()
     out = model_output(x_t)
     with pytest.raises(ValueError, match="loss_type must be one of"):
-        training_loss("vlb", out, scheduler(), x0, x_t, noise, t)
+        training_loss("vlb", out, *chain_and_config(), x0, x_t, noise, t)
     with pytest.raises(ValueError, match="variance_type is 'fixed_small'"):
-        hybrid_loss(out, scheduler(variance_type="fixed_small"), x0, x_t, noise, t)
+        hybrid_loss(out, *chain_and_config(variance_type="fixed_small"), x0, x_t, noise, t)
     with pytest.raises(ValueError, match=r"variance_type='learned_range' needs .* 2x .* \(4\), got model_output with 2"):
-        vlb_loss(out[:, :C], scheduler(), x0, x_t, t)
+        vlb_loss(out[:, :C], *chain_and_config(), x0, x_t, t)
     with pytest.raises(ValueError, match=r"variance_type='learned_range' needs .* 2x"):
-        simple_loss(out[:, :C], scheduler(), x0, noise, t)
+        simple_loss(out[:, :C], *chain_and_config(), x0, noise, t)
     with pytest.raises(ValueError, match="channels"):
-        simple_loss(out[:, :3], scheduler(), x0, noise, t)
+        simple_loss(out[:, :3], *chain_and_config(), x0, noise, t)
     with pytest.raises(ValueError, match="lambda_vlb"):
-        hybrid_loss(out, scheduler(), x0, x_t, noise, t, lambda_vlb=-1.0)
-    with pytest.raises(ValueError, match="ScratchDDPMScheduler"):
-        simple_loss(out, DDPMScheduler(num_train_timesteps=T), x0, noise, t)
+        hybrid_loss(out, *chain_and_config(), x0, x_t, noise, t, lambda_vlb=-1.0)
+    with pytest.raises(ValueError, match="chain must be a DiffusionChain"):
+        simple_loss(out, DDPMScheduler(num_train_timesteps=T), scheduler().reverse_step_config, x0, noise, t)
+    with pytest.raises(ValueError, match="config must be a ReverseStepConfig"):
+        simple_loss(out, scheduler().diffusion_chain(), scheduler().config, x0, noise, t)
     assert LOSS_TYPES == ("simple", "hybrid")

@@ -100,6 +100,7 @@ def test_variance_noise_replaces_the_generators_draw():
         scheduler.step(model_output, t, sample, variance_noise=torch.randn(2, 1, 4, 4))
 
 
+@pytest.mark.slow
 def test_compiled_unet_gives_the_same_images_and_is_compiled_once():
     pipeline = make_pipeline(tiny_scratch_unet(num_class_embeds=3))
     expected = images(pipeline, class_labels=[0, 2], guidance_scale=2.0)

@@ -6,28 +6,13 @@ models/pipelines ran, and that the sampling benchmark compares the same function
 
 from __future__ import annotations
 
+from _helpers import table_rows
 
-import pytest
-import torch
-
-from _benchmark_scripts import load_script
-
-
-def table_rows(output: str) -> list[list[str]]:
-    lines = [line for line in output.splitlines() if line.startswith("| ")]
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from benchmarks import bench_sampling, bench_train
 
 
 def test_bench_train_prints_both_models_with_ratios(capsys):
-    load_script("bench_train").main(
+    bench_train.main(
         ["--preset", "digits", "--batch-size", "2", "--iters", "1", "--rounds", "1", "--warmup", "1",
          "--mixed-precision", "bf16", "--channels-last"]
     )
@@ -42,7 +27,7 @@ def test_bench_train_prints_both_models_with_ratios(capsys):
 
 def test_bench_sampling_compares_the_same_function(capsys):
     # rows 0, 2, 4: diffusers' DDPMPipeline, ours, ours with bf16 autocast
-    load_script("bench_sampling").main(
+    bench_sampling.main(
         ["--preset", "digits", "--batch-size", "2", "--steps", "3", "--rounds", "1", "--rows", "0,2,4"]
     )
     rows = {row[0]: row for row in table_rows(capsys.readouterr().out)}

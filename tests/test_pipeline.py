@@ -13,7 +13,7 @@ from _pipeline_fixtures import (
     tiny_diffusers_unet,
     tiny_scratch_unet,
 )
-from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, PNDMScheduler
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, PNDMPipeline, PNDMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from ddpm_from_scratch.conditioning import class_conditioning, classifier_free_guidance
@@ -81,10 +81,15 @@ def test_same_images_as_diffusers_ddim_pipeline_with_eta():
     np.testing.assert_array_equal(ours.images, expected)
 
 
-def test_scheduler_whose_step_takes_no_generator_works_and_rejects_eta():
-    pipeline = make_pipeline(tiny_diffusers_unet(), PNDMScheduler.from_config(ddpm_scheduler().config))
-    images = pipeline(batch_size=2, generator=seeded(0), num_inference_steps=STEPS, output_type="pt").images
-    assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
+def test_scheduler_whose_step_takes_no_generator_gives_diffusers_pndm_pipeline_images_and_rejects_eta():
+    unet = tiny_diffusers_unet()
+    reference = PNDMPipeline(unet=unet, scheduler=PNDMScheduler.from_config(ddpm_scheduler().config))
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(batch_size=2, generator=seeded(0), num_inference_steps=STEPS, output_type="np").images
+    pipeline = make_pipeline(unet, PNDMScheduler.from_config(ddpm_scheduler().config))
+    images = pipeline(batch_size=2, generator=seeded(0), num_inference_steps=STEPS, output_type="np").images
+    assert expected.std() > 0.05  # not a blank image
+    np.testing.assert_array_equal(images, expected)
     with pytest.raises(ValueError, match="eta"):
         pipeline(num_inference_steps=STEPS, eta=0.5)
 
@@ -163,20 +168,25 @@ def test_guidance_is_one_batched_unet_call_per_step(conditional_pipeline):
     assert calls == [(4, [0, 2, null, null])] * STEPS
 
 
-def test_guided_samples_match_separately_computed_predictions(conditional_pipeline):
-    unet, w, labels = conditional_pipeline.unet, 2.5, torch.tensor([1, 0])
-    null_labels = torch.full((2,), unet.null_class_label)
-    scheduler = scratch_scheduler()
-    scheduler.set_timesteps(STEPS)
-    generator = seeded(4)
-    sample = randn_tensor((2, 1, 8, 8), generator=generator)
+def sample_by_hand(unet, scheduler, labels, seed, w=None, null_label=None, steps=STEPS) -> torch.Tensor:
+    """Images in [0, 1] from a loop written out here: one UNet call per branch and step, eps guided as
+    eps(x, null) + w (eps(x, y) - eps(x, null)) when w is given, else eps(x, y)."""
+    scheduler.set_timesteps(steps)
+    generator = seeded(seed)
+    sample = randn_tensor((len(labels), 1, 8, 8), generator=generator)
     with torch.no_grad():
         for t in scheduler.timesteps:
-            eps_cond = unet(sample, t, class_labels=labels).sample
-            eps_uncond = unet(sample, t, class_labels=null_labels).sample
-            eps = eps_uncond + w * (eps_cond - eps_uncond)
+            eps = unet(sample, t, class_labels=labels).sample
+            if w is not None:
+                eps_uncond = unet(sample, t, class_labels=torch.full_like(labels, null_label)).sample
+                eps = eps_uncond + w * (eps - eps_uncond)
             sample = scheduler.step(eps, t, sample, generator=generator).prev_sample
-    expected = (sample / 2 + 0.5).clamp(0, 1)
+    return (sample / 2 + 0.5).clamp(0, 1)
+
+
+def test_guided_samples_match_separately_computed_predictions(conditional_pipeline):
+    unet, w, labels = conditional_pipeline.unet, 2.5, torch.tensor([1, 0])
+    expected = sample_by_hand(unet, scratch_scheduler(), labels, seed=4, w=w, null_label=unet.null_class_label)
     images = conditional_pipeline(
         batch_size=2,
         generator=seeded(4),
@@ -204,9 +214,26 @@ def test_guidance_scale_one_is_conditional_zero_and_no_labels_are_unconditional(
 
 
 def test_diffusers_class_conditional_unet_uses_its_last_class_as_null():
-    pipeline = make_pipeline(tiny_diffusers_unet(num_class_embeds=NUM_CLASSES + 1), ddpm_scheduler())
-    images = pipeline(batch_size=3, class_labels=[0, 1, 2], guidance_scale=2.0, num_inference_steps=2, output_type="pt")
-    assert torch.isfinite(images.images).all()
+    unet = tiny_diffusers_unet(num_class_embeds=NUM_CLASSES + 1)  # rows 0..2: classes, row 3: null
+    pipeline = make_pipeline(unet, ddpm_scheduler())
+    labels, null = torch.tensor([0, 1, 2]), NUM_CLASSES
+
+    def run(**kwargs):
+        return pipeline(batch_size=3, generator=seeded(6), num_inference_steps=STEPS, output_type="pt", **kwargs).images
+
+    # no labels: every image is sampled with the null class, the unconditional branch itself
+    unconditional = run()
+    torch.testing.assert_close(unconditional, sample_by_hand(unet, ddpm_scheduler(), torch.full((3,), null), seed=6),
+                               rtol=0, atol=0)
+    # guidance: its unconditional branch is the last class (one batched call: float tolerance)
+    guided = run(class_labels=labels, guidance_scale=2.0)
+    torch.testing.assert_close(guided, sample_by_hand(unet, ddpm_scheduler(), labels, seed=6, w=2.0, null_label=null),
+                               rtol=0, atol=1e-5)
+    assert not torch.allclose(guided, sample_by_hand(unet, ddpm_scheduler(), labels, seed=6, w=2.0, null_label=0),
+                              atol=1e-3)  # another row as "null" would give other images
+    # w = 0 keeps only the unconditional branch
+    torch.testing.assert_close(run(class_labels=labels, guidance_scale=0.0), unconditional, rtol=0, atol=1e-5)
+    assert not torch.allclose(guided, unconditional, atol=1e-3)
     with pytest.raises(ValueError, match=r"class_labels must be in \[0, 3\)"):
         pipeline(class_labels=NUM_CLASSES, num_inference_steps=2)
 

@@ -1,4 +1,4 @@
-"""The sampling command (ddpm-sample), make_image_grid and the pixel scalings of image_utils."""
+"""The sampling command (ddpm-sample), make_image_grid and the pixel scalings of sampling/images.py."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from _helpers import read_only_folder
 from _pipeline_fixtures import (
     scratch_scheduler,
     tiny_diffusers_unet,
     tiny_scratch_unet,
 )
+from diffusers import DDPMPipeline, DDPMScheduler
 from PIL import Image
 
 from ddpm_from_scratch.sampling.images import make_image_grid, save_image_atomic, uint8_to_model_range, unit_range_to_uint8
@@ -81,13 +83,6 @@ def _a_file(tmp_path):
     return tmp_path / "file"
 
 
-def _read_only_folder(tmp_path):
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o500)
-    return folder
-
-
 MISTAKES = {
     "missing folder": (lambda saved, tmp: [str(tmp / "nowhere")], "folder '{tmp}/nowhere' does not exist"),
     "missing relative folder": (lambda saved, tmp: ["missing-folder"], "folder 'missing-folder' does not exist"),
@@ -104,7 +99,7 @@ MISTAKES = {
 }
 if os.geteuid() != 0:  # root may write anywhere
     MISTAKES["out in a read-only folder"] = (
-        lambda saved, tmp: [str(saved), "--out", str(_read_only_folder(tmp) / "g.png")], "permission denied"
+        lambda saved, tmp: [str(saved), "--out", str(read_only_folder(tmp) / "g.png")], "permission denied"
     )
 
 
@@ -159,6 +154,25 @@ def test_a_training_checkpoint_folder_is_sampled_from_its_ema_weights(tmp_path):
     ScratchDDPMPipeline(unet=ema, scheduler=scratch_scheduler()).save_pretrained(pipeline_folder)
     assert main([str(pipeline_folder), "--out", str(tmp_path / "ema.png"), *argv]) == 0
     np.testing.assert_array_equal(read(tmp_path / "ckpt.png"), read(tmp_path / "ema.png"))
+
+
+def test_a_stock_diffusers_pipeline_folder_is_sampled_with_its_own_pipeline(tmp_path, capsys):
+    stock = DDPMPipeline(unet=tiny_diffusers_unet(), scheduler=DDPMScheduler(num_train_timesteps=50))
+    stock.save_pretrained(tmp_path / "stock")
+    argv = ["--num-images", "3", "--num-inference-steps", "2", "--seed", "4", "--cols", "3", "--scale", "1",
+            "--no-progress"]
+    assert main([str(tmp_path / "stock"), "--out", str(tmp_path / "stock.png"), *argv]) == 0
+    stock.set_progress_bar_config(disable=True)
+    expected = [
+        stock(batch_size=1, generator=[torch.Generator().manual_seed(4 + i)], num_inference_steps=2,
+              output_type="np").images[0, ..., 0]
+        for i in range(3)
+    ]
+    from_cli = read(tmp_path / "stock.png").reshape(8, 3, 8).transpose(1, 0, 2)
+    np.testing.assert_array_equal(from_cli, unit_range_to_uint8(np.stack(expected)))
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "stock"), "--out", str(tmp_path / "x.png"), "--class-label", "1", *argv])
+    assert "--class-label and --guidance-scale need a ScratchDDPMPipeline, not a DDPMPipeline" in capsys.readouterr().err
 
 
 # ---- one sampling path: the pipeline with per-image generators, ddpm-sample, ddpm-evaluate ----------------

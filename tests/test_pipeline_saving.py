@@ -98,7 +98,7 @@ def test_layout_is_diffusers_custom_code_layout(saved):
         "README.md",
         "unet/config.json",
         "unet/diffusion_pytorch_model.safetensors",
-        "unet/diffusion_pytorch_model.safetensors.sha256",
+        "manifest.json",
         "scheduler/scheduler_config.json",
     }
     index = json.loads((saved / "model_index.json").read_text())
@@ -176,15 +176,27 @@ def test_package_round_trips_keep_code_and_images(saved, expected_images, tmp_pa
     np.testing.assert_array_equal(sample(ScratchDDPMPipeline.from_pretrained(folder)), expected_images)
 
 
-def test_loads_and_samples_where_the_package_is_not_importable(saved, expected_images, tmp_path):
-    report, outputs = run_without_package(str(saved), tmp_path, CALL)
+@pytest.mark.slow
+def test_loads_samples_and_saves_where_the_package_is_not_importable(original, saved, expected_images, tmp_path):
+    # diffusers alone: load, change the scheduler's config, save (diffusers' save plus the shipped code), load again
+    change = "pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, variance_type='fixed_large')"
+    report, outputs = run_without_package(str(saved), tmp_path, CALL, then=change)
     assert all(module.startswith("diffusers_modules.") for module in report["classes"]), report
-    assert report["package_modules"] == []
+    assert report["package_modules"] == [] and report["save_error"] is None
     np.testing.assert_allclose(outputs["first"], expected_images, atol=1e-6)
-    # saving needs the package (its saving code is not shipped): a clear error, and nothing written
-    assert report["save_error"]["type"] == "ModuleNotFoundError"
-    assert "need the ddpm-from-scratch package (pip install ddpm-from-scratch)" in report["save_error"]["message"]
-    assert "second" not in outputs and not (tmp_path / "resaved").exists()
+
+    resaved = tmp_path / "resaved"
+    assert set(CODE_FILES) <= files_in(resaved)
+    index = json.loads((resaved / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline", "ScratchDDPMPipeline"] and index["unet"] == ["unet", "ScratchUNet2DModel"]
+    assert index["scheduler"] == ["scheduler", "ScratchDDPMScheduler"] and "_name_or_path" not in index
+    changed = ScratchDDPMPipeline(
+        unet=original.unet, scheduler=ScratchDDPMScheduler.from_config(original.scheduler.config, variance_type="fixed_large")
+    )
+    expected_changed = sample(changed)
+    assert not np.allclose(expected_changed, expected_images)
+    np.testing.assert_allclose(outputs["second"], expected_changed, atol=1e-6)  # diffusers alone, again
+    np.testing.assert_array_equal(sample(ScratchDDPMPipeline.from_pretrained(resaved)), expected_changed)
 
 
 def test_passed_components_replace_saved_ones_and_unknown_kwargs_are_refused(saved):
@@ -262,7 +274,6 @@ def test_saving_into_a_used_folder_keeps_other_files_and_drops_stale_weights(ori
     assert {p.name for p in (target / "unet").iterdir()} == {
         "config.json",
         "diffusion_pytorch_model.safetensors",
-        "diffusion_pytorch_model.safetensors.sha256",
         "unet.py",
     }
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left behind
@@ -359,12 +370,12 @@ BREAKAGES = {
     "a byte of a tensor changed": (
         lambda f: _flip_last_byte(f / "unet" / "diffusion_pytorch_model.safetensors"),
         WeightsChecksumError,
-        r"unet/diffusion_pytorch_model\.safetensors' is corrupted: its SHA-256 is",
+        r"unet/diffusion_pytorch_model\.safetensors' is corrupted: .* does not match its SHA-256",
     ),
-    "malformed checksum file": (
-        lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors.sha256").write_text("not a digest\n"),
-        WeightsChecksumError,
-        r"unet/diffusion_pytorch_model\.safetensors\.sha256' does not hold a SHA-256",
+    "malformed manifest": (
+        lambda f: _write_json(f / "manifest.json", files={"unet/x.safetensors": {"size": 1, "sha256": "not a digest"}}),
+        ValueError,
+        r"manifest\.json' is malformed",
     ),
     "garbage weights": (
         lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00garbage" * 10),
@@ -428,7 +439,7 @@ def test_the_pipeline_ships_only_what_loading_and_sampling_need():
     closure = [p.name for p in code_closure(PACKAGE_DIR / "pipeline.py", "ddpm_from_scratch")]
     assert sorted(closure) == ["conditioning.py", "fast_sampling.py", "pipeline.py"]
     # saving, loading with the package and publishing are imported by name, so none of them is followed
-    for name in ("pipeline_folder.py", "remote_code.py", "model_card.py", "hub_upload.py", "atomic_io.py"):
+    for name in ("folder.py", "shipped_code.py", "model_card.py", "hub.py", "atomic_io.py", "checksums.py"):
         assert name not in closure
 
 
@@ -454,13 +465,14 @@ def test_closure_follows_single_dot_imports_and_what_diffusers_reads_in_text(tmp
 # ---- checksums of the weights ----------------------------------------------------------------------------------
 
 
-def test_every_weights_file_has_a_sha256sum_file_beside_it(saved):
+def test_the_manifest_records_size_and_sha256_of_every_weights_file(saved):
     weights = saved / "unet" / "diffusion_pytorch_model.safetensors"
-    line = (saved / "unet" / "diffusion_pytorch_model.safetensors.sha256").read_text()
-    assert line == f"{hashlib.sha256(weights.read_bytes()).hexdigest()}  diffusion_pytorch_model.safetensors\n"
-    assert sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*.sha256")) == [
-        "unet/diffusion_pytorch_model.safetensors.sha256"  # the scheduler has no weights
-    ]
+    assert json.loads((saved / "manifest.json").read_text()) == {
+        "format": 1,  # the training checkpoints' format; the scheduler has no weights
+        "files": {"unet/diffusion_pytorch_model.safetensors": {
+            "size": weights.stat().st_size, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}},
+    }
+    assert not list(saved.rglob("*.sha256"))
 
 
 def test_a_variant_and_shards_get_their_own_checksums_and_verify(original, saved_copy, caplog):
@@ -468,8 +480,10 @@ def test_a_variant_and_shards_get_their_own_checksums_and_verify(original, saved
     unet = saved_copy / "unet"
     shards = sorted(p.name for p in unet.glob("diffusion_pytorch_model.fp16-*.safetensors"))
     assert len(shards) > 1
-    for name in [*shards, "diffusion_pytorch_model.safetensors.index.fp16.json", "diffusion_pytorch_model.safetensors"]:
-        assert (unet / f"{name}.sha256").is_file(), name
+    recorded = json.loads((saved_copy / "manifest.json").read_text())["files"]
+    # the other variant's weights are kept, and stay recorded
+    assert set(recorded) == {f"unet/{name}" for name in [
+        *shards, "diffusion_pytorch_model.safetensors.index.fp16.json", "diffusion_pytorch_model.safetensors"]}
     with caplog.at_level(logging.WARNING):
         ScratchDDPMPipeline.from_pretrained(saved_copy, variant="fp16")
     assert "no SHA-256 recorded" not in caplog.text
@@ -479,7 +493,7 @@ def test_a_variant_and_shards_get_their_own_checksums_and_verify(original, saved
 
 
 def test_a_folder_without_checksums_loads_with_a_warning(saved_copy, expected_images, caplog):
-    (saved_copy / "unet" / "diffusion_pytorch_model.safetensors.sha256").unlink()
+    (saved_copy / "manifest.json").unlink()
     with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.saving.folder"):
         loaded = ScratchDDPMPipeline.from_pretrained(saved_copy)
     assert "diffusion_pytorch_model.safetensors': no SHA-256 recorded" in caplog.text

@@ -2,13 +2,14 @@
 
 For every variance_type x prediction_type, on the training chain and on a strided chain, the mean and
 standard deviation of ``ScratchDDPMScheduler.step`` (read off its output for z = 0 and z = 1) equal
-those of ``reverse_step`` (what ``likelihood`` and ``losses`` use), and both equal the mean P2 and the
-variance written here from abar alone. On the training chain the bound's term L_{t-1} is the KL to the
-Gaussian the sampler draws from.
+those of ``p_mean_variance`` on the scheduler's ``diffusion_chain`` (what ``likelihood`` and
+``losses`` call), and both equal the mean P2 and the variance written here from abar alone. On the
+training chain the bound's term L_{t-1} is the KL to the Gaussian the sampler draws from.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -16,12 +17,15 @@ import torch
 
 from ddpm_from_scratch.diffusion_math import (
     FIXED_VARIANCE_TYPES,
+    DiffusionChain,
     LEARNED_VARIANCE_TYPES,
     PREDICTION_TYPES,
     VARIANCE_TYPES,
+    p_mean_variance,
     split_model_output,
 )
 from ddpm_from_scratch.bound.likelihood import vlb_term
+from ddpm_from_scratch.bound.losses import vlb_loss
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 
 F64 = torch.float64
@@ -112,9 +116,9 @@ def test_sampler_step_and_bound_share_mean_and_variance(variance_type, predictio
     for i, t in enumerate([timesteps[0], timesteps[len(timesteps) // 2], timesteps[-3], timesteps[-2], timesteps[-1]]):
         out = model_output(variance_type, x, seed=10 + i)
         step_mean, step_std = sampler_mean_and_std(sched, out, x, t)
-        # what the bound takes: the same step on the scheduler's chain, with per-image tensor timesteps
-        chain = sched.forward_chain if num_inference_steps is None else sched.sampling_chain
-        bound = sched.reverse_step(out, x, torch.full((B,), t), chain=chain)
+        # what the bound takes: the same step on the chain it builds, with per-image tensor timesteps
+        chain = sched.diffusion_chain(num_inference_steps)
+        bound = p_mean_variance(chain, out, x, torch.full((B,), t), sched.reverse_step_config)
         mean, variance, s = reference_step(sched, out, x, t)
 
         torch.testing.assert_close(step_mean, bound.mean, rtol=1e-12, atol=1e-12)
@@ -146,7 +150,9 @@ def test_the_bounds_kl_is_to_the_gaussian_the_sampler_draws_from(variance_type, 
             ((1 - a_prev) / (1 - abar[t]) * beta).sqrt(),
         )
         expected = torch.distributions.kl_divergence(q, torch.distributions.Normal(step_mean, step_std))
-        got = vlb_term(out, sched, x0, x_t, torch.full((B,), t))
+        timesteps, chain = torch.full((B,), t), sched.diffusion_chain()
+        step = p_mean_variance(chain, out, x_t, timesteps, sched.reverse_step_config)
+        got = vlb_term(chain, x0, x_t, timesteps, step)
         torch.testing.assert_close(got, expected.reshape(B, -1).sum(1), rtol=1e-9, atol=1e-12)
 
 
@@ -164,8 +170,9 @@ def test_a_2c_output_under_a_fixed_variance_is_its_mean_half(variance_type):
         assert torch.equal(full.prev_sample, half.prev_sample)
         assert torch.equal(full.pred_original_sample, half.pred_original_sample)
         timesteps = torch.full((B,), t)
-        bound_full = sched.reverse_step(out, x, timesteps, chain=sched.forward_chain)
-        bound_half = sched.reverse_step(out[:, :C], x, timesteps, chain=sched.forward_chain)
+        chain, config = sched.diffusion_chain(), sched.reverse_step_config
+        bound_full = p_mean_variance(chain, out, x, timesteps, config)
+        bound_half = p_mean_variance(chain, out[:, :C], x, timesteps, config)
         assert torch.equal(bound_full.mean, bound_half.mean)
         assert torch.equal(torch.as_tensor(bound_full.log_variance), torch.as_tensor(bound_half.log_variance))
 
@@ -179,9 +186,30 @@ def test_one_check_that_a_learned_variance_has_2c_channels(variance_type):
     sched = make_scheduler(variance_type, "epsilon", "clip")
     with pytest.raises(ValueError, match=message):
         sched.step(x, 10, x)
+    chain, config, timesteps = sched.diffusion_chain(), sched.reverse_step_config, torch.full((B,), 10)
     with pytest.raises(ValueError, match=message):
-        vlb_term(x, sched, x, x, torch.full((B,), 10))
+        p_mean_variance(chain, x, x, timesteps, config)
+    with pytest.raises(ValueError, match=message):
+        vlb_loss(x, chain, config, x, x, timesteps)
     with pytest.raises(ValueError, match=r"model_output has 3 channels; expected 2 \(the sample's\) or 4"):
         split_model_output(torch.zeros(B, 3, 3, 3), x, variance_type)
     mean_part, variance_part = split_model_output(torch.arange(4.0).reshape(1, 4, 1, 1), x[:1, :, :1, :1], variance_type)
     assert mean_part.flatten().tolist() == [0.0, 1.0] and variance_part.flatten().tolist() == [2.0, 3.0]
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_the_chain_the_bound_takes_is_the_one_set_timesteps_walks(spacing):
+    """``diffusion_chain``/``chain_timesteps`` give the chain ``set_timesteps`` would build, table for table,
+    and leave the scheduler's own state alone; with no arguments they give the training chain."""
+    sched = ScratchDDPMScheduler(timestep_spacing=spacing, steps_offset=1 if spacing == "leading" else 0,
+                                 variance_type="analytic", analytic_eps_sq_mean=EPS_SQ_MEAN)
+    chain, walk = sched.diffusion_chain(num_inference_steps=10), sched.chain_timesteps(num_inference_steps=10)
+    assert sched.num_inference_steps is None and sched.sampling_chain is sched.forward_chain
+    assert sched.diffusion_chain() is sched.forward_chain and sched.chain_timesteps() == list(range(999, -1, -1))
+    sched.set_timesteps(10)
+    assert walk == sched.timesteps.tolist() and int(chain.prev_timesteps[walk[-1]]) == -1
+    for field in dataclasses.fields(DiffusionChain):
+        torch.testing.assert_close(getattr(chain, field.name), getattr(sched.sampling_chain, field.name), rtol=0, atol=0)
+    assert sched.chain_timesteps(timesteps=[999, 500, 3]) == [999, 500, 3]
+    with pytest.raises(ValueError, match="exactly one of"):
+        sched.diffusion_chain(num_inference_steps=10, timesteps=[999, 500, 3])

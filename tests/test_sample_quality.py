@@ -1,6 +1,6 @@
 """Sample-quality evaluator: the formulas against closed forms, the classifier, and the figures on real data.
 
-The classifier is trained once per module into a temporary cache (about 5-10 s on one core).
+The classifier is trained once per session into a temporary cache (conftest.py; about 5-10 s on one core).
 """
 
 from __future__ import annotations
@@ -185,8 +185,8 @@ def test_as_uint8_images_rejects_bad_input(bad, message):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("classifier_cache")
+def cache_dir(digits_classifier_cache):
+    return digits_classifier_cache  # the session's classifier cache (conftest.py): trained once
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +205,7 @@ def test_classifier_is_accurate_on_held_out_digits(classifier):
     assert (classifier.predict(held_out) == labels).mean() == pytest.approx(classifier.held_out_accuracy)
 
 
+@pytest.mark.slow
 def test_classifier_training_is_deterministic_and_leaves_global_rng_alone(classifier):
     state = torch.get_rng_state()
     retrained = train_digits_classifier(classifier.config)

@@ -5,20 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
+from _helpers import table_rows
+from _pipeline_fixtures import NUM_TRAIN_TIMESTEPS, scratch_scheduler, tiny_scratch_unet
 
+from benchmarks import sampling_tradeoff
 from ddpm_from_scratch.cli.estimate_variance import main as estimate_variance
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
-from _pipeline_fixtures import (
-    NUM_TRAIN_TIMESTEPS,
-    scratch_scheduler,
-    tiny_scratch_unet,
-)
-from test_performance_benchmarks import load_script, table_rows
 
 
 @pytest.fixture(scope="module")
 def script():
-    return load_script("sampling_tradeoff")
+    return sampling_tradeoff
 
 
 @pytest.fixture
@@ -28,6 +25,7 @@ def saved(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_every_method_and_step_count_gets_a_row_and_a_rerun_resumes(script, saved, tmp_path, capsys):
     assert estimate_variance([str(saved), "--num-images", "8", "--num-timesteps", "10", "--no-progress"]) == 0
     out_json, plot = tmp_path / "tradeoff.json", tmp_path / "plot.png"

@@ -56,6 +56,7 @@ def test_the_v0_1_0_folder_loads_with_the_current_package_and_gives_its_images(s
     np.testing.assert_allclose(sample(pipeline), expected, rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow
 def test_the_v0_1_0_folder_loads_with_diffusers_alone_and_runs_its_own_code(saved_v0_1_0, expected, tmp_path):
     report, outputs = sample_without_package(saved_v0_1_0, tmp_path / "child")
     np.testing.assert_allclose(outputs["first"], expected, rtol=0, atol=ATOL)
@@ -64,6 +65,7 @@ def test_the_v0_1_0_folder_loads_with_diffusers_alone_and_runs_its_own_code(save
     np.testing.assert_allclose(outputs["second"], expected, rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow
 def test_a_fresh_save_of_the_v0_1_0_pipeline_loads_both_ways(saved_v0_1_0, expected, tmp_path):
     resaved = tmp_path / "resaved_by_current_code"
     ScratchDDPMPipeline.from_pretrained(saved_v0_1_0).save_pretrained(resaved)
@@ -71,5 +73,6 @@ def test_a_fresh_save_of_the_v0_1_0_pipeline_loads_both_ways(saved_v0_1_0, expec
 
     report, outputs = sample_without_package(resaved, tmp_path / "child")
     np.testing.assert_allclose(outputs["first"], expected, rtol=0, atol=ATOL)
-    # the current code ships only what loading and sampling need: re-saving needs the package
-    assert report["save_error"]["type"] == "ModuleNotFoundError", report
+    # without the package the current code re-saves with diffusers' own save plus its shipped code
+    assert report["save_error"] is None, report
+    np.testing.assert_allclose(outputs["second"], expected, rtol=0, atol=ATOL)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ddpm_from_scratch.beta_schedules import check_beta_range
+from ddpm_from_scratch.diffusion_math import p_mean_variance
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 from ddpm_from_scratch.tensor_utils import ArgumentTypeError
 
@@ -134,7 +135,9 @@ TIMESTEP_TYPE = "must have an integer dtype|must be integers|must be an integer 
         pytest.param(lambda s: s.add_noise(X, X, torch.tensor([True, False])), id="add_noise-bool-tensor"),
         pytest.param(lambda s: s.get_velocity(X, X, torch.tensor([3.0, 2.0])), id="get_velocity-float-tensor"),
         pytest.param(lambda s: s.previous_timestep(5.5), id="previous_timestep-float"),
-        pytest.param(lambda s: s.reverse_step(X, X, torch.tensor([3.0, 2.0])), id="reverse_step-float-tensor"),
+        pytest.param(lambda s: p_mean_variance(s.diffusion_chain(), X, X, torch.tensor([3, 2.0]), s.reverse_step_config),
+                     id="p_mean_variance-float-tensor"),
+        pytest.param(lambda s: s.diffusion_chain().q_sample(X, X, torch.tensor([3.0, 2.0])), id="q_sample-float-tensor"),
         pytest.param(lambda s: s.q_posterior_mean_variance(X, X, torch.tensor([3.5, 2.0])), id="posterior-float"),
         pytest.param(lambda s: s._get_variance(6.0), id="_get_variance-float"),
     ],
@@ -191,7 +194,14 @@ def test_step_and_add_noise_check_their_tensors(call, match):
 def test_2c_outputs_and_mixed_float_dtypes_are_accepted():
     learned = ScratchDDPMScheduler(num_train_timesteps=10, variance_type="learned_range")
     assert learned.step(torch.zeros(2, 2, 3, 3), 6, X).prev_sample.shape == X.shape
-    assert _sched().step(torch.zeros(2, 2, 3, 3), 6, X).prev_sample.shape == X.shape  # variance half ignored
+    # 2C channels under a fixed variance: the variance half is ignored, so the step is the C-channel one, draw for draw
+    out = torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(1))
+    for t in (6, 0):
+        full = _sched().step(out, t, X, generator=torch.Generator().manual_seed(2))
+        half = _sched().step(out[:, :1], t, X, generator=torch.Generator().manual_seed(2))
+        assert torch.equal(full.prev_sample, half.prev_sample)
+        assert torch.equal(full.pred_original_sample, half.pred_original_sample)
+    assert not torch.equal(full.prev_sample, _sched().step(out[:, 1:], 0, X).prev_sample)  # the halves differ
     assert _sched().step(X.half(), 6, X).prev_sample.shape == X.shape
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import read_only_folder
 from _train_fixtures import (
     TINY_RUN,
     check_ok,
@@ -19,26 +20,18 @@ from _train_fixtures import (
 )
 from ddpm_from_scratch.saving.atomic_io import write_json_atomic
 from ddpm_from_scratch.sampling.images import uint8_to_model_range
+from ddpm_from_scratch.saving import layout
 from ddpm_from_scratch.training import checkpoints as ckpt
 from ddpm_from_scratch.training.config import parse_options
-from ddpm_from_scratch.training.data import (
-    PreloadedImages,
-    ShardedEpochOrder,
-    find_image_column,
-    make_collate_fn,
-    prepare_training_data,
-    to_uint8_array,
-)
-from ddpm_from_scratch.training.ema import ExponentialMovingAverage
+from ddpm_from_scratch.training.batches import PreloadedImages, ShardedEpochOrder, make_collate_fn, to_uint8_array
+from ddpm_from_scratch.training.data import find_image_column, prepare_training_data
+from ddpm_from_scratch.training.ema import ema_state, ema_weights, load_ema, make_ema
 from ddpm_from_scratch.training.objective import diffusion_loss, drop_class_labels, random_horizontal_flip
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_and_fresh_accelerate():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _fresh_accelerate():
     yield
-    torch.set_num_threads(threads)
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -212,21 +205,28 @@ def test_flip_and_label_dropout_follow_the_generator():
 
 def test_ema_warmup_decay_and_update_rule():
     model = torch.nn.Linear(3, 2)
-    ema = ExponentialMovingAverage(model, max_decay=0.999, power=0.75)
-    assert ema.decay(1) == 0.0  # the first update copies the weights
-    assert math.isclose(ema.decay(11), 1 - 11**-0.75)
-    assert ema.decay(10**7) == 0.999
+    opts = parse_options(["--ema_max_decay", "0.999", "--ema_power", "0.75"])
+    ema, ema_unet = make_ema(model, opts, torch.device("cpu"))
+    assert ema.get_decay(1) == 0.0  # the first update copies the weights
+    assert math.isclose(ema.get_decay(11), 1 - 11**-0.75)
+    assert ema.get_decay(10**7) == 0.999
     with torch.no_grad():
         model.weight.fill_(1.0)
-    ema.update(model)  # decay 0: a copy
-    assert torch.equal(ema.averaged_model.weight, model.weight)
+    ema.step(model.parameters())  # decay 0: a copy, up to one rounding (EMAModel computes ema - (ema - theta))
+    assert torch.allclose(ema_weights(ema, ema_unet).weight, model.weight, rtol=1e-7, atol=0)
     with torch.no_grad():
         model.weight.fill_(3.0)
-    decay = ema.update(model)
-    assert torch.allclose(ema.averaged_model.weight, torch.full((2, 3), decay * 1.0 + (1 - decay) * 3.0))
-    clone = ExponentialMovingAverage(torch.nn.Linear(3, 2))
-    clone.load_state_dict(ema.state_dict())
-    assert clone.num_updates == 2 and torch.equal(clone.averaged_model.weight, ema.averaged_model.weight)
+    ema.step(model.parameters())
+    decay = ema.cur_decay_value
+    assert decay == 1 - 2**-0.75
+    assert torch.allclose(ema_weights(ema, ema_unet).weight, torch.full((2, 3), decay * 1.0 + (1 - decay) * 3.0))
+    # what a checkpoint keeps (unet_ema/ and ema.json) continues the same average
+    clone, clone_unet = make_ema(torch.nn.Linear(3, 2), opts, torch.device("cpu"))
+    load_ema(clone, clone_unet, ema_unet.state_dict(), ema_state(ema)["num_updates"])
+    assert clone.optimization_step == 2 and torch.equal(ema_weights(clone, clone_unet).weight, ema_unet.weight)
+    for average in (ema, clone):
+        average.step(model.parameters())
+    assert torch.equal(ema_weights(clone, clone_unet).weight, ema_weights(ema, ema_unet).weight)
 
 
 # ---- checkpoint files ----------------------------------------------------------------------
@@ -236,7 +236,7 @@ def _fake_checkpoint(root: Path, step: int) -> Path:
     folder = root / f"checkpoint-{step}"
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(bytes(range(256)) * 8)
-    write_json_atomic({"global_step": step}, folder / ckpt.STATE_NAME)
+    write_json_atomic({"global_step": step}, folder / layout.STATE_NAME)
     ckpt.write_manifest(folder)
     return folder
 
@@ -253,9 +253,9 @@ def test_damaged_checkpoints_are_detected(tmp_path, damage):
     elif damage == "delete":
         model.unlink()
     elif damage == "no_manifest":
-        (folder / ckpt.MANIFEST_NAME).unlink()
+        (folder / layout.MANIFEST_NAME).unlink()
     else:
-        (folder / ckpt.MANIFEST_NAME).write_text("{not json")
+        (folder / layout.MANIFEST_NAME).write_text("{not json")
     problems = ckpt.verify_checkpoint(folder)
     assert problems and any(word in " ".join(problems) for word in ("model.safetensors", "manifest.json"))
 
@@ -304,6 +304,7 @@ def test_bad_input_is_reported_before_training(tmp_path):
         ["--output_dir", str(tmp_path / "o2"), "--train_batch_size", "5000"])
 
 
+@pytest.mark.slow
 def test_command_line_error_exits_with_code_2_and_no_traceback(tmp_path):
     result = run_train(["--output_dir", str(tmp_path), "--num_epochs", "2", "--max_train_steps", "5"])
     assert result.returncode == 2
@@ -311,6 +312,7 @@ def test_command_line_error_exits_with_code_2_and_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_script_and_ddpm_train_run_from_any_folder(tmp_path):
     import subprocess
     import sys
@@ -328,6 +330,7 @@ def test_the_script_and_ddpm_train_run_from_any_folder(tmp_path):
 # ---- one short run, end to end --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_short_run_saves_a_loadable_pipeline_grid_and_loss_curve(tmp_path):
     from PIL import Image
 
@@ -399,53 +402,35 @@ def test_hybrid_loss_trains_a_learned_range_model_that_samples(tmp_path):
 
 
 def test_push_to_hub_uploads_the_pipeline_with_its_card_and_never_the_checkpoints(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
     import huggingface_hub
 
+    from _pipeline_fixtures import FakeHub
     from ddpm_from_scratch.training.trainer import main
 
-    calls = {}
-
-    class FakeApi:
-        def __init__(self, endpoint=None, token=None):
-            calls["token"] = token
-
-        def create_repo(self, repo_id, private=False, exist_ok=False, **_):
-            calls["repo"] = (repo_id, private)
-            return SimpleNamespace(repo_id=repo_id)
-
-        def list_repo_files(self, repo_id, **_):
-            return []  # a new repository
-
-        def create_commit(self, repo_id, operations, commit_message, **_):
-            calls["files"] = sorted(op.path_in_repo for op in operations)
-            calls["card"] = next(Path(op.path_or_fileobj).read_text() for op in operations if op.path_in_repo == "README.md")
-            calls["message"] = commit_message
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    out = main(_tiny(tmp_path, "--max_train_steps", "2", "--checkpointing_steps", "1", "--push_to_hub",
-                     "--hub_model_id", "someone/ddpm-digits", "--hub_private_repo", "--hub_token", "hf_test"))
+    # the client must talk to 127.0.0.1 even where CI sets HF_HUB_OFFLINE=1 or a proxy
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    huggingface_hub.close_session()
+    with FakeHub(user="someone") as hub:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.endpoint)  # what HfApi() talks to
+        out = main(_tiny(tmp_path, "--max_train_steps", "2", "--checkpointing_steps", "1", "--push_to_hub",
+                         "--hub_model_id", "someone/ddpm-digits", "--hub_private_repo", "--hub_token", "hf_test"))
+    huggingface_hub.close_session()
     assert (out / "checkpoints" / "checkpoint-2").is_dir()
-    assert calls["repo"] == ("someone/ddpm-digits", True) and calls["token"] == "hf_test"
-    assert "model_index.json" in calls["files"] and "unet/diffusion_pytorch_model.safetensors" in calls["files"]
-    assert "sample_grid.png" in calls["files"]
-    assert not any(name.startswith(("checkpoints", "samples", "logs")) for name in calls["files"])
-    assert "final_loss" in calls["card"] and "hf_test" not in calls["card"] and "2 steps" in calls["message"]
+    assert hub.unexpected == []
+    assert hub.repo_payloads == [{"name": "ddpm-digits", "organization": "someone", "visibility": "private"}]
+    assert set(hub.authorization) == {"Bearer hf_test"}
+    files = hub.files["someone/ddpm-digits"]
+    assert "model_index.json" in files and "sample_grid.png" in files
+    # the uploaded weights are the saved pipeline's (the EMA UNet), byte for byte
+    assert files["unet/diffusion_pytorch_model.safetensors"] == (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert not any(name.startswith(("checkpoints", "samples", "logs")) for name in files)
+    card = files["README.md"].decode()
+    assert "final_loss" in card and "hf_test" not in card and "2 steps" in hub.commit_headers[0]["summary"]
 
 
 # ---- trainer inputs: the output folder, the data source, pixel formats ------------------------
-
-
-def _read_only_folder(tmp_path: Path) -> Path:
-    import os
-
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders")
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o500)
-    return folder
 
 
 def _foreign_readme(tmp_path: Path) -> Path:
@@ -465,7 +450,7 @@ def _foreign_model(tmp_path: Path) -> Path:
     (lambda tmp: "", "--output_dir is empty"),
     (lambda tmp: (tmp / "a-file").write_text("x") and tmp / "a-file", r"--output_dir '.*a-file' is a file"),
     (lambda tmp: "/proc/ddpm-run", r"--output_dir '/proc/ddpm-run' cannot be written"),
-    (lambda tmp: _read_only_folder(tmp) / "run", r"--output_dir '.*run' cannot be written"),
+    (lambda tmp: read_only_folder(tmp) / "run", r"--output_dir '.*run' cannot be written"),
     (_foreign_readme, r"holds files this trainer did not write and would overwrite: README.md; .*--overwrite_output_dir"),
     (_foreign_model, r"would overwrite: model_index.json, unet/"),
 ])
@@ -476,7 +461,7 @@ def test_unusable_output_dir_is_refused_before_training(tmp_path, make_output_di
 
 
 def test_output_dir_rule_accepts_our_own_outputs_and_overwrite(tmp_path):
-    from ddpm_from_scratch.training.config import foreign_outputs, prepare_output_dir
+    from ddpm_from_scratch.training.output_dir import foreign_outputs, prepare_output_dir
 
     def opts(folder, *extra):
         return parse_options(["--output_dir", str(folder), *extra])

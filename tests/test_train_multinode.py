@@ -21,8 +21,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
+from _helpers import free_loopback_port
 from _train_fixtures import REPO_ROOT, TINY_RUN, check_ok, finish, load_safetensors, max_abs_difference, subprocess_env
 from ddpm_from_scratch.training import checkpoints as ckpt
 
@@ -30,12 +32,6 @@ WRAPPER = Path(__file__).resolve().parent / "_rank_weights_train.py"
 MACHINES = 2
 UPDATES = 3
 TIMEOUT_S = 300
-
-
-def _free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _loopback_interface() -> str:
@@ -57,7 +53,7 @@ def _run_two_machines(out: Path, ranks: Path) -> list[subprocess.CompletedProces
     args = TINY_RUN + ["--output_dir", str(out), "--max_train_steps", str(UPDATES), "--checkpointing_steps", "2",
                        "--no-use_ema", "--learning_rate", "1e-3", "--lr_warmup_steps", "1"]
     env = subprocess_env(RANK_WEIGHTS_DIR=str(ranks), GLOO_SOCKET_IFNAME=_loopback_interface())
-    port = _free_loopback_port()
+    port = free_loopback_port()
     machines = [_launch_machine(rank, port, args, env) for rank in range(MACHINES)]
     try:
         return [finish(machine, timeout=TIMEOUT_S) for machine in machines]
@@ -68,6 +64,7 @@ def _run_two_machines(out: Path, ranks: Path) -> list[subprocess.CompletedProces
                 machine.wait()
 
 
+@pytest.mark.slow
 def test_two_machines_end_with_identical_weights_and_save_a_loadable_pipeline(tmp_path):
     from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import free_loopback_port
 from _train_fixtures import REPO_ROOT, TINY_RUN, check_ok, run_train
 from ddpm_from_scratch.training import checkpoints as ckpt
 
@@ -24,23 +25,16 @@ def test_shipped_accelerate_configs_load(name, kind, processes):
     assert config.distributed_type.value == kind and config.num_processes == processes
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _accelerate_launcher() -> list[str]:
     executable = Path(sys.executable).with_name("accelerate")
     return [str(executable)] if executable.exists() else [shutil.which("accelerate") or "accelerate"]
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_checkpoint_and_save(tmp_path):
     out = tmp_path / "run"
     launcher = _accelerate_launcher() + ["launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
-                                         "--main_process_port", str(_free_port())]
+                                         "--main_process_port", str(free_loopback_port())]
     result = check_ok(run_train(TINY_RUN + ["--output_dir", str(out), "--max_train_steps", "3",
                                             "--checkpointing_steps", "2", "--gradient_accumulation_steps", "2",
                                             "--lr_scheduler", "linear", "--lr_warmup_steps", "1",
@@ -60,6 +54,7 @@ def test_two_cpu_processes_train_checkpoint_and_save(tmp_path):
     assert (out / "model_index.json").is_file() and (out / "samples" / "final.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
 def test_bad_option_under_accelerate_launch_prints_one_clear_line(tmp_path, processes):
     """What a launched run can and cannot control when an option is bad.
@@ -74,7 +69,7 @@ def test_bad_option_under_accelerate_launch_prints_one_clear_line(tmp_path, proc
     if processes == 1:
         launcher += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     else:
-        launcher += ["--config_file", str(CONFIGS / "cpu_2proc.yaml"), "--main_process_port", str(_free_port())]
+        launcher += ["--config_file", str(CONFIGS / "cpu_2proc.yaml"), "--main_process_port", str(free_loopback_port())]
     result = run_train(["--output_dir", str(tmp_path / "out"), "--num_epochs", "2", "--max_train_steps", "5"],
                        launcher=launcher, timeout=180)
     line = "train.py: error: --num_epochs and --max_train_steps both given; pass only one"

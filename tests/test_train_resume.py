@@ -30,6 +30,9 @@ STEPS = 6
 RAW_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 TOLERANCE = 1e-6  # the same float ops in the same order: equal up to rounding, in practice bit-equal
 
+# every test here launches training runs in subprocesses
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory):

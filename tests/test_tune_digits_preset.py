@@ -9,11 +9,9 @@ import statistics
 
 import pytest
 
-from _benchmark_scripts import load_script
-from ddpm_from_scratch.training.components import load_unet_config
+from benchmarks import tune_digits_preset as tune
+from ddpm_from_scratch.training.model import load_unet_config
 from ddpm_from_scratch.training.config import parse_options
-
-tune = load_script("tune_digits_preset")
 
 
 @pytest.mark.parametrize("name", sorted(tune.CANDIDATES))

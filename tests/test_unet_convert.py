@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import DIFFUSERS_CIFAR10_CONFIG, perturb_
+from _helpers import perturb_
 from diffusers import UNet2DModel
 
 from ddpm_from_scratch.cli.convert import main

@@ -104,7 +104,7 @@ def estimate_eps_sq_mean(
     timesteps = evaluated_timesteps(T, num_timesteps_sampled)
     n, k = images.shape[0], len(timesteps)
     device, dtype = images.device, torch.float32 if images.dtype in (torch.float16, torch.bfloat16) else images.dtype
-    chain = scheduler.forward_chain.to(device)
+    chain = scheduler.diffusion_chain(device=device)  # the training chain
     model_kwargs = dict(model_kwargs or {})
     total = torch.zeros(k, dtype=torch.float64, device=device)
     total_sq = torch.zeros(k, dtype=torch.float64, device=device)

@@ -16,13 +16,14 @@ nats / (dims * ln 2) (``nats_to_bits_per_dim``). Data are images in [-1, 1] that
 pixels (x = k / 127.5 - 1), so the bound is on the negative log-*probability* of the 8-bit image
 and is comparable with the paper's "<= 3.70 bits/dim" on CIFAR-10.
 
-p_theta(x_{t-1} | x_t) is the reverse step the sampler takes: ``ScratchDDPMScheduler.reverse_step``
-on the training chain, i.e. diffusion_math's ``p_mean_variance`` (x_0 from the model output, clipped
-or thresholded as the scheduler's config says, mean = posterior mean P2 at that x_0, log-variance for
-the configured ``variance_type``). For ``fixed_large`` its decoder variance is beta~_1 (the posterior
-variance of the paper's t = 2), not beta_1, as in Ho et al.'s ``diffusion_utils_2.py`` and
+Every term takes a ``DiffusionChain`` (for q) and the ``ReverseStep`` that diffusion_math's
+``p_mean_variance`` returns (for p_theta): the step the sampler takes (x_0 from the model output,
+clipped or thresholded as the ``ReverseStepConfig`` says, mean = posterior mean P2 at that x_0,
+log-variance for its ``variance_type``). For ``fixed_large`` the decoder variance is beta~_1 (the
+posterior variance of the paper's t = 2), not beta_1, as in Ho et al.'s ``diffusion_utils_2.py`` and
 improved-diffusion (``np.append(posterior_variance[1], betas[1:])``); the sampler adds no noise on
-its final step, so it never uses that variance.
+its final step, so it never uses that variance. Only ``nll_bits_per_dim`` sees a scheduler: it
+reads the chain and the step's config off it once, at the entry.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..diffusion_math import DiffusionChain
-from ..scheduler import ScratchDDPMScheduler
+from ..diffusion_math import DiffusionChain, ReverseStep, ReverseStepConfig, p_mean_variance
+from ..scheduler import ScratchDDPMScheduler  # nll_bits_per_dim's entry only: a scheduler -> its chain
 from ..tensor_utils import draw_noise
 
 LN2 = math.log(2.0)
@@ -122,67 +123,50 @@ def sum_over_dims(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------- the bound's terms
 
 
-def prior_kl(scheduler: ScratchDDPMScheduler, x_start: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+def prior_kl(chain: DiffusionChain, x_start: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
     """L_T = KL(q(x_T | x_0) || N(0, I)), q(x_T | x_0) = N(sqrt(abar_T) x_0, (1 - abar_T) I) (F4).
 
     (B,) nats per image. No parameters: this is the gap left by a forward process that does not
     reach N(0, I) exactly (about 1e-5 nats/dim for the paper's linear schedule, T = 1000).
     ``timestep``: where the sampling chain starts from N(0, I) (default: the last, T - 1).
     """
-    last = scheduler.config.num_train_timesteps - 1 if timestep is None else timestep
-    chain = scheduler.forward_chain.to(x_start.device)
-    mean, variance = chain.q_mean_variance(x_start, last)
+    last = chain.num_timesteps - 1 if timestep is None else timestep
+    mean, variance = chain.q_mean_variance(x_start, last)  # (B, C, ...), 0-d
     return sum_over_dims(normal_kl(mean, torch.log(variance).expand_as(mean), 0.0, 0.0))
 
 
 def posterior_kl_term(
-    scheduler: ScratchDDPMScheduler,
-    x_start: torch.Tensor,
-    x_t: torch.Tensor,
-    timesteps: torch.Tensor,
-    model_mean: torch.Tensor,
-    model_log_variance: torch.Tensor,
-    chain: DiffusionChain | None = None,
+    chain: DiffusionChain, x_start: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor, step: ReverseStep
 ) -> torch.Tensor:
-    """L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)), closed form, (B,) nats per image.
+    """L_{t-1} = KL(q(x_s | x_t, x_0) || p_theta(x_s | x_t)), s = the chain's next timestep, closed form.
 
-    q(x_{t-1} | x_t, x_0) = N(mu~ (P2), beta~_t (E3 corrected)) from the scheduler; p_theta =
-    N(model_mean, exp(model_log_variance)). For timesteps >= 1 (at t = 0 the posterior is a point
-    mass and the term is the decoder's, ``decoder_nll``). ``chain``: a strided chain t -> s (the
-    posterior of the merged step; default: the training chain t -> t - 1), on ``x_t``'s device.
+    (B,) nats per image. q(x_s | x_t, x_0) = N(mu~ (P2), beta~ (E3 corrected)) of the chain's step at
+    ``timesteps`` (B,) (the merged step's posterior on a strided chain); p_theta = N(step.mean,
+    exp(step.log_variance)). For steps that add noise (on the final step the posterior is a point
+    mass and the term is the decoder's, ``decoder_nll``).
     """
-    if chain is None:
-        true_mean, _, true_log_variance = scheduler.q_posterior_mean_variance(x_start, x_t, timesteps)
-    else:
-        true_mean, _, true_log_variance = chain.q_posterior_mean_variance(x_start, x_t, timesteps)
-    return sum_over_dims(normal_kl(true_mean, true_log_variance.expand_as(true_mean), model_mean, model_log_variance))
+    true_mean, _, true_log_variance = chain.q_posterior_mean_variance(x_start, x_t, timesteps)
+    return sum_over_dims(normal_kl(true_mean, true_log_variance.expand_as(true_mean), step.mean, step.log_variance))
 
 
-def decoder_nll(x_start: torch.Tensor, model_mean: torch.Tensor, model_log_variance: torch.Tensor) -> torch.Tensor:
+def decoder_nll(x_start: torch.Tensor, step: ReverseStep) -> torch.Tensor:
     """L_0 = -log p_theta(x_0 | x_1) with the discretised Gaussian decoder (eq. 13), (B,) nats per image."""
-    return -sum_over_dims(discretized_gaussian_log_likelihood(x_start, model_mean, model_log_variance))
+    log_variance = torch.as_tensor(step.log_variance, dtype=step.mean.dtype, device=step.mean.device)
+    return -sum_over_dims(discretized_gaussian_log_likelihood(x_start, step.mean, log_variance))
 
 
 def vlb_term(
-    model_output: torch.Tensor,
-    scheduler: ScratchDDPMScheduler,
-    x_start: torch.Tensor,
-    x_t: torch.Tensor,
-    timesteps: torch.Tensor,
-    clip_denoised: bool | None = None,
+    chain: DiffusionChain, x_start: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor, step: ReverseStep
 ) -> torch.Tensor:
-    """The bound's term at each image's timestep: L_0 (decoder) where t = 0, L_t (posterior KL) where t >= 1.
+    """The bound's term at each image's timestep: L_0 (decoder) where the chain ends, the posterior KL
+    elsewhere. On the training chain: L_0 at t = 0, L_t at t >= 1.
 
-    (B,) nats per image; ``timesteps`` may differ across the batch (as in training). ``model_output``
-    is the model's output at (x_t, t); ``clip_denoised`` overrides the scheduler's x_0 clipping
-    (None: as the sampler does; see ``ScratchDDPMScheduler.reverse_step``).
+    (B,) nats per image; ``timesteps`` (B,) may differ across the batch (as in training). ``step``:
+    ``p_mean_variance`` of the model's output at (x_t, timesteps) on ``chain``.
     """
-    step = scheduler.reverse_step(
-        model_output, x_t, timesteps, chain=scheduler.forward_chain, clip_denoised=clip_denoised
-    )
-    kl = posterior_kl_term(scheduler, x_start, x_t, timesteps, step.mean, step.log_variance)
-    nll = decoder_nll(x_start, step.mean, step.log_variance)
-    return torch.where(timesteps == 0, nll, kl)
+    is_final = chain.lookup("not_final", timesteps, step.mean).reshape(-1) == 0  # (B,): no noise added there
+    kl = posterior_kl_term(chain, x_start, x_t, timesteps, step)
+    return torch.where(is_final, decoder_nll(x_start, step), kl)
 
 
 # ---------------------------------------------------------------------------- the whole bound
@@ -316,18 +300,19 @@ def nll_bits_per_dim(
     from tqdm.auto import tqdm
 
     scheduler = _as_scratch_scheduler(scheduler)
+    chain_timesteps = scheduler.chain_timesteps(num_inference_steps, timesteps)
+    step_config = ReverseStepConfig.from_config(scheduler.config, clip_denoised)
     _check_data(x_start)
     n = x_start.shape[0]
     batch_size = n if batch_size is None else batch_size
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     model_kwargs = dict(model_kwargs or {})
-    num_timesteps = scheduler.config.num_train_timesteps
     num_dims = x_start[0].numel()
     device, model_dtype = x_start.device, x_start.dtype
     dtype = _compute_dtype(device)
-    chain, chain_timesteps = _bound_chain(scheduler, num_inference_steps, timesteps)
-    device_chain = chain.to(device)
+    chain = scheduler.diffusion_chain(num_inference_steps, timesteps, device)
+    num_timesteps = chain.num_timesteps
 
     prior, vb = [], []
     bar = tqdm(total=len(chain_timesteps) * math.ceil(n / batch_size), desc="NLL bound", disable=not progress)
@@ -338,19 +323,12 @@ def nll_bits_per_dim(
         for t in chain_timesteps:
             batch_timesteps = torch.full((x0.shape[0],), t, dtype=torch.long, device=device)
             noise = draw_noise(tuple(x0.shape), generator, device, dtype)
-            x_t = scheduler.add_noise(x0, noise, batch_timesteps)  # F2
+            x_t = chain.q_sample(x0, noise, batch_timesteps)  # F2
             model_output = call_model(model, x_t.to(model_dtype), batch_timesteps, kwargs).to(dtype)
-            step = scheduler.reverse_step(
-                model_output, x_t, batch_timesteps, chain=device_chain, clip_denoised=clip_denoised
-            )
-            if t == chain_timesteps[-1]:  # the chain's last step: the decoder
-                terms[:, t] = decoder_nll(x0, step.mean, step.log_variance)
-            else:
-                terms[:, t] = posterior_kl_term(
-                    scheduler, x0, x_t, batch_timesteps, step.mean, step.log_variance, chain=device_chain
-                )
+            step = p_mean_variance(chain, model_output, x_t, batch_timesteps, step_config)
+            terms[:, t] = vlb_term(chain, x0, x_t, batch_timesteps, step)  # the decoder on the last step
             bar.update(1)
-        prior.append(prior_kl(scheduler, x0, chain_timesteps[0]))
+        prior.append(prior_kl(chain, x0, chain_timesteps[0]))
         vb.append(terms)
     bar.close()
 
@@ -364,18 +342,6 @@ def nll_bits_per_dim(
         num_dims=num_dims,
         timesteps=None if num_inference_steps is None and timesteps is None else chain_timesteps,
     )
-
-
-def _bound_chain(
-    scheduler: ScratchDDPMScheduler, num_inference_steps: int | None, timesteps: list[int] | None
-) -> tuple[DiffusionChain, list[int]]:
-    """(chain, its timesteps in descending order): the training chain, or the sampling chain that
-    ``set_timesteps`` builds, on a copy (the caller's scheduler keeps its own timesteps)."""
-    if num_inference_steps is None and timesteps is None:
-        return scheduler.forward_chain, list(range(scheduler.config.num_train_timesteps - 1, -1, -1))
-    chain_scheduler = ScratchDDPMScheduler.from_config(scheduler.config)
-    chain_scheduler.set_timesteps(num_inference_steps, timesteps=timesteps)
-    return chain_scheduler.sampling_chain, chain_scheduler.timesteps.tolist()
 
 
 def _batch_slice(model_kwargs: dict[str, Any], start: int, batch_size: int, n: int) -> dict[str, Any]:

@@ -1,28 +1,38 @@
 """Training objectives from a model output: L_simple (Ho et al. 2020) and the hybrid loss (Nichol & Dhariwal 2021).
 
 Both take what one training step already has (x_0, the noise, the drawn timesteps, x_t and the
-model's output at (x_t, t)), so a trainer calls the model once and picks the loss:
+model's output at (x_t, t)), the training chain (a ``DiffusionChain``, t -> t - 1) and the
+``ReverseStepConfig`` that reads the output, so a trainer calls the model once and picks the loss:
 
     L_simple = E_{t, x_0, eps} ||target - model(x_t, t)||^2                (L2 in docs/derivation.md)
     L_hybrid = L_simple + lambda L_vlb,   L_vlb = sum_t L_t ~ T * L_t at a uniformly drawn t
 
-``target`` is the noise, x_0 or v (``scheduler.training_target``). In L_vlb the mean half of the
-output is detached, so the bound trains only the variance half (``learned_range``: the interpolation
-v of Nichol & Dhariwal's eq. 15) while the mean is trained by L_simple alone (their sec. 3.1).
-Units follow improved-diffusion: MSE averaged over dimensions, L_t in bits/dim, and
+``target`` is the noise, x_0 or v (``diffusion_math.simple_loss_target``). L_t is likelihood's
+``vlb_term`` of diffusion_math's ``p_mean_variance``: the step the sampler takes. In L_vlb the mean
+half of the output is detached, so the bound trains only the variance half (``learned_range``: the
+interpolation v of Nichol & Dhariwal's eq. 15) while the mean is trained by L_simple alone (their
+sec. 3.1). Units follow improved-diffusion: MSE averaged over dimensions, L_t in bits/dim, and
 lambda = 0.001 multiplying T * L_t (improved-diffusion: ``vb * num_timesteps / 1000``). As there,
-the bound term uses the unclipped x_0 (``clip_denoised=False``): the model is trained, not sampled.
-The model output is split by diffusion_math's ``split_model_output``, the one check that a learned
-variance comes with 2C output channels.
+the bound term uses the unclipped x_0 (the config's clipping is ignored): the model is trained, not
+sampled. The model output is split by diffusion_math's ``split_model_output``, the one check that a
+learned variance comes with 2C output channels.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from ..diffusion_math import LEARNED_VARIANCE_TYPES, split_model_output
+from ..diffusion_math import (
+    LEARNED_VARIANCE_TYPES,
+    DiffusionChain,
+    ReverseStepConfig,
+    p_mean_variance,
+    simple_loss_target,
+    split_model_output,
+)
 from .likelihood import nats_to_bits_per_dim, vlb_term
-from ..scheduler import ScratchDDPMScheduler
 
 LOSS_TYPES = ("simple", "hybrid")
 DEFAULT_LAMBDA_VLB = 0.001
@@ -30,25 +40,27 @@ DEFAULT_LAMBDA_VLB = 0.001
 
 def simple_loss(
     model_output: torch.Tensor,
-    scheduler: ScratchDDPMScheduler,
+    chain: DiffusionChain,
+    config: ReverseStepConfig,
     x_start: torch.Tensor,
     noise: torch.Tensor,
     timesteps: torch.Tensor,
 ) -> torch.Tensor:
     """L_simple per image (L2): mean over dimensions of (target - output)^2, (B,).
 
-    ``target = scheduler.training_target(x_start, noise, timesteps)`` (noise, x_0 or v per
-    ``prediction_type``). A model with 2C output channels is scored on its first C (the mean part).
+    ``target = simple_loss_target(chain, x_start, noise, timesteps, config.prediction_type)`` (noise,
+    x_0 or v). A model with 2C output channels is scored on its first C (the mean part).
     """
-    _check_scheduler(scheduler)
-    mean_output, _ = split_model_output(model_output, x_start, scheduler.config.variance_type)
-    target = scheduler.training_target(x_start, noise, timesteps)
+    _check_chain_and_config(chain, config)
+    mean_output, _ = split_model_output(model_output, x_start, config.variance_type)  # (B, C, ...)
+    target = simple_loss_target(chain, x_start, noise, timesteps, config.prediction_type)
     return ((mean_output - target) ** 2).reshape(x_start.shape[0], -1).mean(dim=1)
 
 
 def vlb_loss(
     model_output: torch.Tensor,
-    scheduler: ScratchDDPMScheduler,
+    chain: DiffusionChain,
+    config: ReverseStepConfig,
     x_start: torch.Tensor,
     x_t: torch.Tensor,
     timesteps: torch.Tensor,
@@ -56,18 +68,22 @@ def vlb_loss(
     """The bound's term L_t at each image's t in bits/dim, (B,), with the mean's gradient stopped.
 
     L_0 (discretised decoder) where t = 0, KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) where
-    t >= 1 (``likelihood.vlb_term``). Only the variance half of ``model_output`` receives gradient.
+    t >= 1 (``likelihood.vlb_term``), p_theta the unclipped ``p_mean_variance``. Only the variance
+    half of ``model_output`` (B, 2C, ...) receives gradient.
     """
-    _check_learned_variance(scheduler)
-    mean_output, variance_output = split_model_output(model_output, x_t, scheduler.config.variance_type)
+    _check_learned_variance(chain, config)
+    mean_output, variance_output = split_model_output(model_output, x_t, config.variance_type)
     frozen_output = torch.cat([mean_output.detach(), variance_output], dim=1)
-    nats = vlb_term(frozen_output, scheduler, x_start, x_t, timesteps, clip_denoised=False)
+    unclipped = replace(config, clip_sample=False, thresholding=False)
+    step = p_mean_variance(chain, frozen_output, x_t, timesteps, unclipped)
+    nats = vlb_term(chain, x_start, x_t, timesteps, step)
     return nats_to_bits_per_dim(nats, x_start[0].numel())
 
 
 def hybrid_loss(
     model_output: torch.Tensor,
-    scheduler: ScratchDDPMScheduler,
+    chain: DiffusionChain,
+    config: ReverseStepConfig,
     x_start: torch.Tensor,
     x_t: torch.Tensor,
     noise: torch.Tensor,
@@ -76,21 +92,21 @@ def hybrid_loss(
 ) -> torch.Tensor:
     """L_hybrid = L_simple + lambda_vlb * T * L_t (Nichol & Dhariwal 2021, eq. 16), averaged over the batch: a scalar.
 
-    For ``learned``/``learned_range`` schedulers and models with 2C output channels. T * L_t at a
+    For ``learned``/``learned_range`` configs and models with 2C output channels. T * L_t at a
     uniformly drawn t is an unbiased estimate of L_vlb = sum_t L_t.
     """
     if not lambda_vlb >= 0:
         raise ValueError(f"lambda_vlb must be >= 0, got {lambda_vlb}")
-    simple = simple_loss(model_output, scheduler, x_start, noise, timesteps)
-    vlb = vlb_loss(model_output, scheduler, x_start, x_t, timesteps)
-    num_timesteps = scheduler.config.num_train_timesteps
-    return (simple + lambda_vlb * num_timesteps * vlb).mean()
+    simple = simple_loss(model_output, chain, config, x_start, noise, timesteps)
+    vlb = vlb_loss(model_output, chain, config, x_start, x_t, timesteps)
+    return (simple + lambda_vlb * chain.num_timesteps * vlb).mean()
 
 
 def training_loss(
     loss_type: str,
     model_output: torch.Tensor,
-    scheduler: ScratchDDPMScheduler,
+    chain: DiffusionChain,
+    config: ReverseStepConfig,
     x_start: torch.Tensor,
     x_t: torch.Tensor,
     noise: torch.Tensor,
@@ -98,28 +114,33 @@ def training_loss(
     lambda_vlb: float = DEFAULT_LAMBDA_VLB,
 ) -> torch.Tensor:
     """The scalar loss named by ``loss_type`` ("simple" or "hybrid") for one batch; what a trainer's
-    ``--loss_type`` selects. Compute in float32 or float64 (cast a mixed-precision output first)."""
+    ``--loss_type`` selects. ``chain``: the training chain on the batch's device, e.g.
+    ``scheduler.diffusion_chain(device=...)``; ``config``: ``scheduler.reverse_step_config``.
+    Compute in float32 or float64 (cast a mixed-precision output first)."""
     if loss_type == "simple":
-        return simple_loss(model_output, scheduler, x_start, noise, timesteps).mean()
+        return simple_loss(model_output, chain, config, x_start, noise, timesteps).mean()
     if loss_type == "hybrid":
-        return hybrid_loss(model_output, scheduler, x_start, x_t, noise, timesteps, lambda_vlb)
+        return hybrid_loss(model_output, chain, config, x_start, x_t, noise, timesteps, lambda_vlb)
     raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
 
 
-def _check_scheduler(scheduler: ScratchDDPMScheduler) -> None:
-    if not isinstance(scheduler, ScratchDDPMScheduler):
+def _check_chain_and_config(chain: DiffusionChain, config: ReverseStepConfig) -> None:
+    if not isinstance(chain, DiffusionChain):
         raise ValueError(
-            f"scheduler must be a ScratchDDPMScheduler (it has training_target and the posterior), got "
-            f"{type(scheduler).__name__}; convert with ScratchDDPMScheduler.from_config(scheduler.config)"
+            f"chain must be a DiffusionChain (the training chain: scheduler.diffusion_chain(device=...)), "
+            f"got {type(chain).__name__}"
+        )
+    if not isinstance(config, ReverseStepConfig):
+        raise ValueError(
+            f"config must be a ReverseStepConfig (scheduler.reverse_step_config), got {type(config).__name__}"
         )
 
 
-def _check_learned_variance(scheduler: ScratchDDPMScheduler) -> None:
-    _check_scheduler(scheduler)
-    variance_type = scheduler.config.variance_type
-    if variance_type not in LEARNED_VARIANCE_TYPES:
+def _check_learned_variance(chain: DiffusionChain, config: ReverseStepConfig) -> None:
+    _check_chain_and_config(chain, config)
+    if config.variance_type not in LEARNED_VARIANCE_TYPES:
         raise ValueError(
-            f"the hybrid loss trains a learned variance, but the scheduler's variance_type is {variance_type!r}; "
+            f"the hybrid loss trains a learned variance, but the variance_type is {config.variance_type!r}; "
             f"use variance_type in {LEARNED_VARIANCE_TYPES} with a model of out_channels = 2 * in_channels, "
             "or loss_type='simple'"
         )

@@ -81,7 +81,8 @@ def scheduler_config_file(path: str) -> Path:
 def estimate(args: argparse.Namespace) -> tuple[Path, dict]:
     """Run the estimate as ``args`` say and write it; returns (config file, summary)."""
     from ..bound.analytic_variance import estimate_eps_sq_mean
-    from ..digits.evaluation import _unconditional_kwargs, load_pipeline
+    from ..digits.evaluation import unconditional_model_kwargs
+    from ..saving.folder import load_any_pipeline
 
     config_file = scheduler_config_file(args.path)
     saved = json.loads(config_file.read_text())
@@ -91,7 +92,7 @@ def estimate(args: argparse.Namespace) -> tuple[Path, dict]:
             "which would ignore variance_type='analytic'"
         )
     device = resolve_device(args.device)
-    pipeline = load_pipeline(args.path)
+    pipeline = load_any_pipeline(args.path)
     pipeline.to(device)
     unet = pipeline.unet
     images = training_images(args.dataset, args.num_images, args.seed).to(device=device, dtype=unet.dtype)
@@ -107,7 +108,7 @@ def estimate(args: argparse.Namespace) -> tuple[Path, dict]:
         num_timesteps_sampled=args.num_timesteps,
         batch_size=args.batch_size,
         generator=torch.Generator("cpu").manual_seed(args.seed),
-        model_kwargs=_unconditional_kwargs(unet, len(images), device),
+        model_kwargs=unconditional_model_kwargs(unet, len(images), device),
         progress=not args.no_progress,
     )
     saved["analytic_eps_sq_mean"] = result.tolist()

@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..digits.evaluation import evaluate_pipeline, load_pipeline
+    from ..digits.evaluation import evaluate_pipeline
+    from ..saving.folder import load_any_pipeline
 
     try:
         json_out = None if args.json is None else check_output_file(args.json, "--json", (".json",))
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.num_samples == 0 and args.nll_images == 0:
             raise ValueError("nothing to evaluate: --num-samples and --nll-images are both 0")
         device = resolve_device(args.device)
-        pipeline = load_pipeline(args.path)
+        pipeline = load_any_pipeline(args.path)
         override_variance_type(pipeline, args.variance_type)
         pipeline.to(device)
         report = evaluate_pipeline(

@@ -125,9 +125,12 @@ def load_sampling_pipeline(args: argparse.Namespace) -> tuple[object, int | None
     variance, class labels against the model, the step count against the scheduler.
     """
     from ..pipeline import ScratchDDPMPipeline, class_conditioning, class_label_tensors
+    from ..saving.folder import load_any_pipeline
 
     device = resolve_device(args.device)
-    pipeline = ScratchDDPMPipeline.from_pretrained(args.path)
+    pipeline = load_any_pipeline(args.path)  # a stock diffusers pipeline (e.g. DDPMPipeline) samples too
+    if not isinstance(pipeline, ScratchDDPMPipeline) and (args.class_label, args.guidance_scale) != (None, None):
+        raise ValueError(f"--class-label and --guidance-scale need a ScratchDDPMPipeline, not a {type(pipeline).__name__}")
     if args.scheduler == "ddim":
         from diffusers import DDIMScheduler
 
@@ -139,7 +142,10 @@ def load_sampling_pipeline(args: argparse.Namespace) -> tuple[object, int | None
         pipeline.unet, _labels_for(args.class_label, 1, 0, num_classes), args.guidance_scale, 1, torch.device("cpu")
     )
     steps = args.num_inference_steps or pipeline.scheduler.config.num_train_timesteps
-    pipeline._set_timesteps(steps, torch.device("cpu"))
+    if isinstance(pipeline, ScratchDDPMPipeline):
+        pipeline._set_timesteps(steps, torch.device("cpu"))
+    else:
+        pipeline.scheduler.set_timesteps(steps)
     return pipeline.to(device), num_classes
 
 
@@ -153,9 +159,10 @@ def sample_grid(args: argparse.Namespace) -> tuple[np.ndarray, int]:
         num_inference_steps=steps,
         batch_size=args.batch_size,
         seed=args.seed,
-        class_labels_for=lambda count, offset: _labels_for(args.class_label, count, offset, num_classes),
+        class_labels_for=None if args.class_label is None else (
+            lambda count, offset: _labels_for(args.class_label, count, offset, num_classes)),
         progress=not args.no_progress,
-        guidance_scale=args.guidance_scale,
+        **({} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}),
     )
     return images, steps
 

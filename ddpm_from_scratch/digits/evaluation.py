@@ -14,46 +14,20 @@ training checkpoint folder (its EMA weights if it has them) too.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..conditioning import class_label_tensors
 from ..sampling.images import uint8_to_model_range, unit_range_to_uint8
 from ..bound.likelihood import VariationalBound, nll_bits_per_dim
 from ..sampling.seeded import sample_with_image_seeds
 from .data import DIGITS_RESOLUTION, held_out_digits
 from .quality import SampleQualityReport, evaluate_samples, figure_rows, format_figure_table
-
-
-def load_pipeline(path: str | os.PathLike):
-    """A ``ScratchDDPMPipeline`` (folder, training checkpoint or Hub repo id), or a stock diffusers
-    pipeline folder (e.g. ``DDPMPipeline``).
-
-    A local folder whose ``model_index.json`` names another pipeline class goes to diffusers' own
-    loader, with safetensors weights only, checked as the package's loader checks them;
-    everything else to ``ScratchDDPMPipeline.from_pretrained``, which tells folders from Hub ids.
-    """
-    from ..pipeline import ScratchDDPMPipeline
-    from ..saving.folder import declared_class_name, verify_stock_pipeline_weights
-
-    index_file = Path(path).expanduser() / "model_index.json"
-    if index_file.is_file():
-        try:
-            declared = declared_class_name(json.loads(index_file.read_text(encoding="utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
-            raise ValueError(f"pipeline index {str(index_file)!r} is not a valid JSON object: {error}") from error
-        if declared != ScratchDDPMPipeline.__name__:
-            from diffusers import DiffusionPipeline
-
-            verify_stock_pipeline_weights(index_file.parent)
-            return DiffusionPipeline.from_pretrained(index_file.parent, use_safetensors=True)
-    return ScratchDDPMPipeline.from_pretrained(path)
 
 
 def _check_digits_model(unet: Any) -> None:
@@ -66,14 +40,11 @@ def _check_digits_model(unet: Any) -> None:
         )
 
 
-def _unconditional_kwargs(unet: Any, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """A class-conditional UNet is evaluated as the unconditional model p(x): every label is the null class."""
-    from ..pipeline import class_conditioning
-
-    conditioning = class_conditioning(unet)
-    if conditioning is None:
-        return {}
-    return {"class_labels": torch.full((batch,), conditioning[1], dtype=torch.long, device=device)}
+def unconditional_model_kwargs(unet: Any, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The UNet's keyword arguments for the unconditional model p(x): a class-conditional UNet gets the
+    null class as every label (``conditioning.class_label_tensors``), an unconditional one nothing."""
+    labels, _ = class_label_tensors(unet, None, None, batch, device)
+    return {} if labels is None else {"class_labels": labels}
 
 
 def sample_digits(
@@ -206,7 +177,7 @@ def evaluate_pipeline(
             unet, scheduler, x_start,
             generator=torch.Generator("cpu").manual_seed(seed),
             batch_size=batch_size,
-            model_kwargs=_unconditional_kwargs(unet, nll_images, device),
+            model_kwargs=unconditional_model_kwargs(unet, nll_images, device),
             progress=progress,
         )
         report.seconds["nll"] = time.perf_counter() - started

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
+from diffusers.utils import make_image_grid as diffusers_image_grid
 
 from ..saving.atomic_io import atomic_write
 
@@ -76,13 +78,13 @@ def to_pil_images(images: ImageBatch) -> list[PIL.Image.Image]:
 def make_image_grid(
     images: ImageBatch, cols: int | None = None, *, padding: int = 0, scale: int = 1
 ) -> PIL.Image.Image:
-    """Tile ``images`` row by row into one image; any count works.
+    """Tile ``images`` row by row into one image with diffusers' ``make_image_grid``; any count works.
 
-    ``cols`` defaults to ceil(sqrt(N)), so 64 images make 8x8 and 10 make 4 columns x 3 rows.
-    Cells past the last image are left black (the padding the grid needs to stay rectangular).
-    ``padding`` puts that many black pixels between cells; ``scale`` enlarges every image by an
-    integer factor with nearest-neighbour resampling (an 8x8 digit is too small to see otherwise).
-    The grid is 'L' if every image is grayscale, else 'RGB'.
+    What this adds to diffusers' (which takes exactly rows x cols PIL images and returns RGB): any
+    of the pipeline's outputs; ``cols`` defaulting to ceil(sqrt(N)) (64 images make 8x8, 10 make
+    4 columns x 3 rows), cells past the last image left black; ``padding`` black pixels between
+    cells; ``scale``, an integer enlargement with nearest-neighbour resampling (an 8x8 digit is too
+    small to see otherwise); and an 'L' grid if every image is grayscale.
     """
     pil_images = to_pil_images(images)
     if not pil_images:
@@ -93,7 +95,6 @@ def make_image_grid(
         raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
     if not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale!r}")
-
     width, height = pil_images[0].size
     for index, image in enumerate(pil_images):
         if image.size != (width, height):
@@ -102,19 +103,19 @@ def make_image_grid(
                 "a grid needs images of one size"
             )
     mode = "L" if all(image.mode == "L" for image in pil_images) else "RGB"
-
-    count = len(pil_images)
-    cols = cols if cols is not None else math.ceil(math.sqrt(count))
-    cols = min(cols, count)
-    rows = math.ceil(count / cols)
-    cell_w, cell_h = width * scale, height * scale
-    grid = PIL.Image.new(mode, (cols * cell_w + (cols - 1) * padding, rows * cell_h + (rows - 1) * padding), color=0)
-    for index, image in enumerate(pil_images):
-        if scale != 1:
-            image = image.resize((cell_w, cell_h), resample=PIL.Image.NEAREST)
-        row, col = divmod(index, cols)
-        grid.paste(image.convert(mode), (col * (cell_w + padding), row * (cell_h + padding)))
-    return grid
+    cols = min(cols or math.ceil(math.sqrt(len(pil_images))), len(pil_images))
+    rows = math.ceil(len(pil_images) / cols)
+    # each cell: the scaled image with `padding` black pixels right and below (cropped off the grid's edge)
+    cells = [
+        PIL.ImageOps.expand(
+            image.convert(mode).resize((width * scale, height * scale), resample=PIL.Image.NEAREST),
+            border=(0, 0, padding, padding), fill=0,
+        )
+        for image in pil_images
+    ]
+    cells += [PIL.Image.new(mode, cells[0].size, color=0)] * (rows * cols - len(cells))
+    grid = diffusers_image_grid(cells, rows=rows, cols=cols)
+    return grid.crop((0, 0, grid.width - padding, grid.height - padding)).convert(mode)  # RGB -> L is exact for gray
 
 
 def save_image_atomic(image: PIL.Image.Image, path: str | os.PathLike, format: str | None = None) -> Path:

@@ -40,19 +40,23 @@ def sha256_of_file(path: str | os.PathLike, *, fsync: bool = False) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(folder: Path, files: Iterable[Path] | None = None, *, fsync: bool = False) -> dict:
+def write_manifest(
+    folder: Path, files: Iterable[Path] | None = None, *, fsync: bool = False, keep: dict[str, dict] | None = None
+) -> dict:
     """Record ``files`` (default: every file under ``folder`` but the manifest) in ``folder/manifest.json``.
 
-    The manifest is written atomically, after every file is hashed; returns what it holds.
+    ``keep``: entries of an earlier manifest to carry over (files this save leaves in place, such as
+    other variants' weights); a file hashed now replaces its entry. The manifest is written
+    atomically, after every file is hashed; returns what it holds.
     """
     folder = Path(folder)
     if files is None:
         files = (path for path in folder.rglob("*") if path.is_file() and path.name != MANIFEST_NAME)
-    entries = {}
+    entries = dict(keep or {})
     for path in sorted(Path(path) for path in files):
         relative = path.relative_to(folder).as_posix()
         entries[relative] = {"size": path.stat().st_size, "sha256": sha256_of_file(path, fsync=fsync)}
-    manifest = {"format": MANIFEST_FORMAT, "files": entries}
+    manifest = {"format": MANIFEST_FORMAT, "files": dict(sorted(entries.items()))}
     write_json_atomic(manifest, folder / MANIFEST_NAME, indent=1)
     return manifest
 
@@ -134,7 +138,7 @@ def verify_files(files: Iterable[Path], recorded: dict[Path, tuple[int, str]] | 
         problem = _problem(Path(path), *entry)
         if problem:
             raise WeightsChecksumError(
-                f"weights file {str(path)!r} {problem}: it was damaged on disk or in transfer, or partly "
-                "overwritten, since it was saved; save or download it again"
+                f"weights file {str(path)!r} is corrupted: {Path(path).name} {problem}; it was damaged on disk or "
+                "in transfer, or partly overwritten, since it was saved: save or download it again"
             )
     return unrecorded

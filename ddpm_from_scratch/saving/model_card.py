@@ -1,7 +1,8 @@
 """The model card (README.md) of a saved pipeline: what it is, how to load it, how it was trained.
 
-Built with huggingface_hub's ``ModelCard`` / ``ModelCardData``; the metrics go into the card's
-``model-index`` as ``EvalResult`` entries, which the Hub shows as the model's evaluation results.
+Rendered by huggingface_hub's ``ModelCard.from_template`` from `CARD_TEMPLATE` (Jinja) with a
+``ModelCardData`` header; the metrics also go into the card's ``model-index`` as ``EvalResult``
+entries, which the Hub shows as the model's evaluation results.
 
 What a save or push may rewrite, so that a card a user edited survives re-saving and re-pushing:
 
@@ -12,8 +13,6 @@ What a save or push may rewrite, so that a card a user edited survives re-saving
 * in the YAML metadata, the keys the generator sets (library_name, license, pipeline_tag, datasets,
   model-index; each only when it has a value); tags are the union of the card's and the generated
   ones; every other key (language, base_model, a user's own) is kept.
-
-Written by `pipeline_folder.save_pipeline_folder`; not shipped with saved pipelines.
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ from typing import Any
 
 from diffusers.models.modeling_utils import ModelMixin
 from PIL import Image
-
-from .atomic_io import atomic_write, write_bytes_atomic
 
 MODEL_CARD_NAME = "README.md"
 SAMPLE_GRID_NAME = "sample_grid.png"
@@ -84,38 +81,18 @@ def redact_secrets(value: Any) -> Any:
     return value
 
 
-def _format_metric(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def eval_results(info: ModelCardInfo) -> list[Any] | None:
-    """The numeric metrics as huggingface_hub ``EvalResult`` entries (None when there are none)."""
-    from huggingface_hub import EvalResult
+def card_metadata(info: ModelCardInfo, repo_id: str) -> Any:
+    """The generated YAML metadata as a huggingface_hub ``ModelCardData``; the finite numeric metrics
+    become its model-index ``EvalResult`` entries."""
+    from huggingface_hub import EvalResult, ModelCardData
 
     dataset = info.metrics_dataset or info.dataset or "unknown"
     results = [
-        EvalResult(
-            task_type=METRICS_TASK,
-            dataset_type=dataset,
-            dataset_name=dataset,
-            dataset_split=info.metrics_split,
-            metric_type=name,
-            metric_name=name,
-            metric_value=float(value),
-        )
+        EvalResult(task_type=METRICS_TASK, dataset_type=dataset, dataset_name=dataset, dataset_split=info.metrics_split,
+                   metric_type=name, metric_name=name, metric_value=float(value))
         for name, value in info.metrics.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ]
-    return results or None
-
-
-def card_metadata(info: ModelCardInfo, repo_id: str) -> Any:
-    """The generated YAML metadata as a huggingface_hub ``ModelCardData``."""
-    from huggingface_hub import ModelCardData
-
-    results = eval_results(info)
     return ModelCardData(
         library_name="diffusers",
         license=info.license,
@@ -123,7 +100,7 @@ def card_metadata(info: ModelCardInfo, repo_id: str) -> Any:
         pipeline_tag=METRICS_TASK,
         datasets=[info.dataset] if info.dataset else None,
         model_name=repo_id if results else None,
-        eval_results=results,
+        eval_results=results or None,
     )
 
 
@@ -132,8 +109,7 @@ def merge_metadata(existing: Any, generated: Any) -> Any:
     from huggingface_hub import ModelCardData
 
     merged = {**existing.to_dict(), **generated.to_dict()}
-    tags = [*(existing.tags or []), *(generated.tags or [])]
-    merged["tags"] = list(dict.fromkeys(tags)) or None
+    merged["tags"] = list(dict.fromkeys([*(existing.tags or []), *(generated.tags or [])])) or None
     return ModelCardData(**merged)
 
 
@@ -149,6 +125,20 @@ def replace_generated_section(text: str, section: str) -> str:
     return text.rstrip("\n") + "\n\n" + section + "\n"
 
 
+CARD_TEMPLATE = Path(__file__).with_name("model_card_template.md")  # Jinja, for ModelCard.from_template
+_MODEL_CONFIG_KEYS = ("sample_size", "in_channels", "num_class_embeds", "num_train_timesteps", "beta_schedule",
+                      "variance_type", "prediction_type")
+
+
+def _model_line(name: str, component: Any) -> str:
+    details = [type(component).__name__]
+    if isinstance(component, ModelMixin):
+        details.append(f"{sum(p.numel() for p in component.parameters()):,} parameters")
+    config = getattr(component, "config", {})
+    details += [f"{key}={config[key]}" for key in _MODEL_CONFIG_KEYS if config.get(key) is not None]
+    return f"`{name}`: " + ", ".join(details)
+
+
 def render_model_card(
     info: ModelCardInfo,
     *,
@@ -162,121 +152,36 @@ def render_model_card(
     metrics); with ``existing_card`` (the current README.md), its own text and metadata are kept (module doc)."""
     from huggingface_hub import ModelCard
 
-    section = "\n".join(
-        [GENERATED_START, _generated_body(info, repo_id, components, code_files, num_classes).strip("\n"),
-         GENERATED_END]
+    generated = ModelCard.from_template(
+        card_metadata(info, repo_id),
+        template_path=CARD_TEMPLATE,
+        start=GENERATED_START,
+        end=GENERATED_END,
+        title=info.title or f"DDPM: {repo_id}",
+        description=info.description,
+        dataset=info.dataset,
+        num_classes=num_classes,
+        sample_grid=SAMPLE_GRID_NAME if info.sample_grid is not None else None,
+        code_files=", ".join(f"`{name}`" for name in code_files),
+        repo_id=repo_id,
+        model_lines=[_model_line(name, component) for name, component in components.items()],
+        training_config=info.training_config
+        and json.dumps(redact_secrets(info.training_config), indent=2, sort_keys=True, default=str),
+        metrics=[(name, f"{value:.4g}" if isinstance(value, float) else value) for name, value in info.metrics.items()],
     )
-    metadata = card_metadata(info, repo_id)
-    text = "\n" + section + "\n"
+    metadata, text = generated.data, generated.text
     if existing_card is not None:
         existing = ModelCard(existing_card, ignore_metadata_errors=True)
         metadata = merge_metadata(existing.data, metadata)
-        text = replace_generated_section(existing.text, section)
+        text = replace_generated_section(existing.text, text.strip("\n"))
     if metadata.license is None:
         metadata.license = DEFAULT_LICENSE
     return str(ModelCard(f"---\n{metadata.to_yaml().strip()}\n---\n{text}"))
 
 
-def _generated_body(
-    info: ModelCardInfo, repo_id: str, components: dict[str, Any], code_files: list[str], num_classes: int | None
-) -> str:
-    """The Markdown of the generated section (without the markers)."""
-    title = info.title or f"DDPM: {repo_id}"
-    description = info.description or (
-        "A denoising diffusion probabilistic model (Ho et al. 2020) trained with `ddpm-from-scratch`, "
-        "a diffusers plugin that implements DDPM from first principles"
-        + (f" on `{info.dataset}`." if info.dataset else ".")
-    )
-    if num_classes is not None:
-        description += (
-            f" The UNet is class-conditional ({num_classes} classes, plus a null class for classifier-free guidance)."
-        )
-    call = "batch_size=16, num_inference_steps=1000, generator=torch.Generator().manual_seed(0)"
-    if num_classes is not None:
-        call += ", class_labels=[0] * 16, guidance_scale=2.0"
-    lines = [
-        f"# {title}",
-        "",
-        description,
-        "",
-    ]
+def write_model_card(info: ModelCardInfo, folder: Path, **card: Any) -> None:
+    """Write README.md (`render_model_card` with ``card``'s keywords) into ``folder``, a staging folder
+    moved into place file by file, and sample_grid.png when the card has one."""
+    (folder / MODEL_CARD_NAME).write_text(render_model_card(info, **card), encoding="utf-8")
     if info.sample_grid is not None:
-        lines += [f"![Samples from this model]({SAMPLE_GRID_NAME})", ""]
-    lines += [
-        "## Usage",
-        "",
-        "The repository ships the code it needs ("
-        + ", ".join(f"`{name}`" for name in code_files)
-        + "), so diffusers alone loads it; `trust_remote_code=True` lets it run that code, so read it first.",
-        "",
-        "```python",
-        "import torch",
-        "from diffusers import DiffusionPipeline",
-        "",
-        f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)',
-        f"images = pipe({call}).images",
-        'images[0].save("sample.png")',
-        "```",
-        "",
-        "With `ddpm-from-scratch` installed, `ScratchDDPMPipeline.from_pretrained(...)` loads it with the "
-        "installed code instead, and the command line writes a grid of samples:",
-        "",
-        "```bash",
-        f"ddpm-sample {repo_id} --num-images 64 --out grid.png",
-        "```",
-        "",
-        "## Model",
-        "",
-    ]
-    for name, component in components.items():
-        details = [type(component).__name__]
-        if isinstance(component, ModelMixin):
-            details.append(f"{sum(p.numel() for p in component.parameters()):,} parameters")
-        config = getattr(component, "config", {})
-        for key in (
-            "sample_size",
-            "in_channels",
-            "num_class_embeds",
-            "num_train_timesteps",
-            "beta_schedule",
-            "variance_type",
-            "prediction_type",
-        ):
-            if key in config and config[key] is not None:
-                details.append(f"{key}={config[key]}")
-        lines.append(f"- `{name}`: " + ", ".join(details))
-    lines += ["", "## Training configuration", ""]
-    if info.training_config:
-        config_json = json.dumps(redact_secrets(info.training_config), indent=2, sort_keys=True, default=str)
-        lines += ["```json", config_json, "```"]
-    else:
-        lines.append("Not recorded.")
-    lines += ["", "## Metrics", ""]
-    if info.metrics:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {name} | {_format_metric(value)} |" for name, value in info.metrics.items()]
-    else:
-        lines.append("Not measured.")
-    return "\n".join(lines) + "\n"
-
-
-def write_model_card(
-    info: ModelCardInfo,
-    folder: Path,
-    *,
-    repo_id: str,
-    components: dict[str, Any],
-    code_files: list[str],
-    num_classes: int | None,
-    existing_card: str | None = None,
-) -> None:
-    """Write README.md (`render_model_card`, keeping ``existing_card``'s own text) into ``folder``, and
-    sample_grid.png when the card has one."""
-    card = render_model_card(
-        info, repo_id=repo_id, components=components, code_files=code_files, num_classes=num_classes,
-        existing_card=existing_card,
-    )
-    write_bytes_atomic(card.encode("utf-8"), folder / MODEL_CARD_NAME)
-    if info.sample_grid is not None:
-        with atomic_write(folder / SAMPLE_GRID_NAME) as handle:
-            info.sample_grid.save(handle, format="PNG")
+        info.sample_grid.save(folder / SAMPLE_GRID_NAME, format="PNG")

@@ -8,15 +8,24 @@ from Python (a notebook):
 
 (`fit`, not `train`: `ddpm_from_scratch.training.trainer` is the trainer's module.)
 
-Modules, one job each:
-    config       command line, presets, checks that need no data, the output folder checks
-    data         datasets loading, image column detection, preprocessing, the per-process batch order
-    objective    the training loss (L_simple) from the forward process
-    ema          exponential moving average of the weights, with warmup
-    checkpoints  atomic checkpoint folders, manifests, corruption checks, rotation
-    components   the UNet, scheduler and pipeline this project trains and saves
-    plots        the loss curve PNG (PIL only)
-    train        the loop that ties them together
+Modules, one job each (imports go down this list's dependency order: options first, trainer last):
+    options           TrainingOptions (one typed field per option) and the presets
+    command_line      the argparse options and fit's keywords as a command line
+    model             the UNet (preset or --model_config_name_or_path, with its checks) and the noise scheduler
+    config            preset resolution and every option check that needs no data
+    output_dir        the output folder checks (writable, nothing foreign overwritten)
+    data              datasets loading, column detection, the validation pass over every image
+    batches           per-image preprocessing and the per-process batch order a resume reproduces
+    objective         the training loss (L_simple or hybrid) and the per-update random generator
+    ema               the EMA of the weights: diffusers' EMAModel with warmup, and the model carrying it
+    checkpoint_state  the files of a checkpoint, written and read without pickles
+    checkpoints       atomic checkpoint folders, manifests, corruption checks, rotation
+    resume            whether a checkpoint fits this run, and restoring it
+    divergence        stopping a run whose loss, gradients or weights are not finite
+    components        the pipeline, its sample grids, the model card and the upload
+    plots             the loss curve PNG (PIL only)
+    accelerate_setup  the Accelerator, logging, trackers, torchrun's error file
+    trainer           the loop that ties them together, and the command line's entry point
 configs/ holds example accelerate configs; assets/ the samples and loss curve of the default digits run.
 """
 
@@ -35,7 +44,7 @@ def fit(preset: str = "digits", **options: Any) -> Path:
     ValueError raised before training starts. Load the result with
     ``ScratchDDPMPipeline.from_pretrained(fit(...))``.
     """
-    from ddpm_from_scratch.training.config import options_as_argv
+    from ddpm_from_scratch.training.command_line import options_as_argv
     from ddpm_from_scratch.training.trainer import main
 
     return main(options_as_argv(preset=preset, **options))

@@ -1,9 +1,8 @@
 """Checkpoint folders that survive being killed at any moment, and that say when they are damaged.
 
-Layout: <output_dir>/checkpoints/checkpoint-<step>/ holding the files of training/checkpoint_state.py
-(the UNet, its EMA and the scheduler in diffusers layout, optimizer, LR schedule, RNG states, the
-run's options), plus training_state.json (step counters, loss history) and, written last,
-manifest.json (size and SHA-256 of every other file).
+Layout (names in saving/layout.py): <output_dir>/checkpoints/checkpoint-<step>/ holding the files of
+checkpoint_state.py, plus training_state.json (step counters, loss history) and, written last,
+manifest.json (size and SHA-256 of every other file, saving/checksums.py).
 
 A save goes to .tmp-checkpoint-<step>/ and is renamed into place only once complete and fsynced;
 a rename is atomic, so a run killed while saving leaves the previous checkpoints as they were and a
@@ -16,7 +15,6 @@ checkpoint exists.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,96 +25,44 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ddpm_from_scratch.saving.atomic_io import write_json_atomic
+from ddpm_from_scratch.saving.checksums import verify_manifest, write_manifest
+from ddpm_from_scratch.saving.layout import (
+    CHECKPOINT_PATTERN,
+    CHECKPOINT_STAGING_PREFIX,
+    CHECKPOINTS_SUBDIR,
+    STATE_NAME,
+    PIPELINE_STAGING_MARKER,
+)
 
-CHECKPOINTS_SUBDIR = "checkpoints"
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 CORRUPT_PATTERN = re.compile(r"^checkpoint-(\d+)\.corrupt(-\d+)?$")
-STAGING_PREFIX = ".tmp-"
-MANIFEST_NAME = "manifest.json"
-STATE_NAME = "training_state.json"
-MANIFEST_FORMAT = 1
+# the first file a pipeline save (saving/folder.py) writes into its staging folder: its code
+PIPELINE_STAGING_FIRST_FILE = "pipeline.py"
 
 
 def checkpoints_root(output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / CHECKPOINTS_SUBDIR
 
 
-def checkpoint_step(path: Path) -> int | None:
-    match = CHECKPOINT_PATTERN.match(path.name)
-    return int(match.group(1)) if match else None
+def _steps(root: Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    found = [(pattern.match(path.name), path) for path in root.iterdir() if path.is_dir()]
+    return sorted((int(match.group(1)), path) for match, path in found if match)
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     """(step, folder) of every committed checkpoint under `root`, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(checkpoint_step(path), path) for path in root.iterdir() if path.is_dir()]
-    return sorted((step, path) for step, path in found if step is not None)
+    return _steps(root, CHECKPOINT_PATTERN)
 
 
-# ---- manifest ------------------------------------------------------------------------------
-
-
-def _sha256_and_fsync(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-        os.fsync(handle.fileno())  # the bytes reach the disk before the folder is renamed into place
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_manifest(folder: Path) -> dict[str, Any]:
-    """Hash every file under `folder` (recursively) into manifest.json, written last."""
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
-        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256_and_fsync(path)}
-    manifest = {"format": MANIFEST_FORMAT, "files": files}
-    write_json_atomic(manifest, folder / MANIFEST_NAME, indent=1)
-    return manifest
+def list_set_aside(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every checkpoint set aside as damaged (`set_aside`), oldest first."""
+    return _steps(root, CORRUPT_PATTERN)
 
 
 def verify_checkpoint(folder: Path) -> list[str]:
     """Problems that make `folder` unusable as a checkpoint; an empty list means it verifies."""
-    if not folder.is_dir():
-        return [f"{folder} is not a folder"]
-    manifest_path = folder / MANIFEST_NAME
-    if not manifest_path.is_file():
-        return [f"{MANIFEST_NAME} is missing (the save never finished, or this is not a checkpoint of this trainer)"]
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-        assert isinstance(files, dict) and files
-    except Exception as error:
-        return [f"{MANIFEST_NAME} is unreadable: {error!r}"]
-    problems = []
-    for name, expected in sorted(files.items()):
-        path = folder / name
-        if not path.is_file():
-            problems.append(f"{name} is missing")
-        elif path.stat().st_size != expected["size"]:
-            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {expected['size']}")
-        elif _sha256(path) != expected["sha256"]:
-            problems.append(f"{name} does not match its SHA-256 in the manifest (the file is damaged)")
-    if STATE_NAME not in files:
-        problems.append(f"{STATE_NAME} is not in the manifest")
-    return problems
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return verify_manifest(folder, required=(STATE_NAME,))
 
 
 def read_training_state(folder: Path) -> dict[str, Any]:
@@ -132,10 +78,6 @@ class ResumePlan:
 
     path: Path | None
     rejected: list[tuple[Path, list[str]]] = field(default_factory=list)
-
-
-def _format_problems(path: Path, problems: list[str]) -> str:
-    return f"{path}: " + "; ".join(problems)
 
 
 def plan_resume(output_dir: str | os.PathLike, requested: str | None) -> ResumePlan:
@@ -158,16 +100,15 @@ def plan_resume(output_dir: str | os.PathLike, requested: str | None) -> ResumeP
                 return ResumePlan(path, rejected)
             rejected.append((path, problems))
         if rejected:
-            details = "\n  ".join(_format_problems(path, problems) for path, problems in rejected)
+            details = "\n  ".join(f"{path}: {'; '.join(problems)}" for path, problems in rejected)
             raise ValueError(f"--resume_from_checkpoint latest: no usable checkpoint in {root}; all are damaged:\n  {details}")
         return ResumePlan(None)
     candidates = [Path(requested), Path(output_dir) / requested, root / requested]
     path = next((candidate for candidate in candidates if candidate.exists()), None)
-    names = [p.name for _, p in available]
     if path is None:
         raise ValueError(
             f"--resume_from_checkpoint {requested!r} does not exist (looked at {', '.join(str(c) for c in candidates)}); "
-            f"checkpoints in {root}: {names or 'none'}; or pass 'latest'"
+            f"checkpoints in {root}: {[p.name for _, p in available] or 'none'}; or pass 'latest'"
         )
     problems = verify_checkpoint(path)
     if problems:
@@ -191,12 +132,20 @@ def set_aside(path: Path) -> Path:
 # ---- saving --------------------------------------------------------------------------------
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(accelerator, root: Path, step: int, write_files: Callable[[Path], None],
                     training_state: dict[str, Any]) -> Path:
     """Save the full training state atomically as root/checkpoint-<step>. Call on every process:
     `write_files(staging)` runs on each (each writes its own RNG state, the main process the rest)."""
     final = root / f"checkpoint-{step}"
-    staging = root / f"{STAGING_PREFIX}checkpoint-{step}"
+    staging = root / f"{CHECKPOINT_STAGING_PREFIX}checkpoint-{step}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         if staging.exists():
@@ -207,7 +156,7 @@ def save_checkpoint(accelerator, root: Path, step: int, write_files: Callable[[P
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(training_state, staging / STATE_NAME, indent=1)
-        write_manifest(staging)
+        write_manifest(staging, fsync=True)  # every byte on disk before the folder is renamed into place
         _fsync_dir(staging)
         if final.exists():  # the same step saved by an earlier attempt of this run
             _remove(final)
@@ -219,19 +168,11 @@ def save_checkpoint(accelerator, root: Path, step: int, write_files: Callable[[P
 
 def _remove(path: Path) -> None:
     """Delete a folder so that it disappears from the checkpoint list at once (rename, then delete)."""
-    doomed = path.with_name(f"{STAGING_PREFIX}delete-{path.name}")
+    doomed = path.with_name(f"{CHECKPOINT_STAGING_PREFIX}delete-{path.name}")
     if doomed.exists():
         shutil.rmtree(doomed)
     os.rename(path, doomed)
     shutil.rmtree(doomed)
-
-
-def list_set_aside(root: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every checkpoint set aside as damaged (`set_aside`), oldest first."""
-    if not root.is_dir():
-        return []
-    found = [(CORRUPT_PATTERN.match(path.name), path) for path in root.iterdir() if path.is_dir()]
-    return sorted((int(match.group(1)), path) for match, path in found if match)
 
 
 def prune_checkpoints(root: Path, total_limit: int | None) -> list[Path]:
@@ -240,10 +181,8 @@ def prune_checkpoints(root: Path, total_limit: int | None) -> list[Path]:
     Called right after a checkpoint is committed. The newest good checkpoint is never deleted, and a
     damaged one only once a newer good checkpoint exists (at equal steps the damaged one is older).
     """
-    if total_limit is None:
-        return []
     good = list_checkpoints(root)
-    if not good:
+    if total_limit is None or not good:
         return []
     newest_step, newest = good[-1]
     entries = sorted([(step, 1, path) for step, path in good] + [(step, 0, path) for step, path in list_set_aside(root)])
@@ -258,35 +197,28 @@ def remove_staging_leftovers(root: Path) -> list[Path]:
     """Delete .tmp-* folders left by saves that were killed (they never held a committed checkpoint)."""
     if not root.is_dir():
         return []
-    leftovers = [path for path in root.iterdir() if path.name.startswith(STAGING_PREFIX)]
+    leftovers = [path for path in root.iterdir() if path.name.startswith(CHECKPOINT_STAGING_PREFIX)]
     for path in leftovers:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     return leftovers
 
 
-# a pipeline save (ddpm_from_scratch.saving.folder) stages in .<output_dir name>.saving-<8 random
-# characters> next to output_dir (or .saving-<8> inside it); its first write is the pipeline's code
-PIPELINE_STAGING_SUFFIX = r"saving-[A-Za-z0-9_]{8}$"
-PIPELINE_STAGING_MARKER = "pipeline.py"
-
-
 def remove_pipeline_staging_leftovers(output_dir: str | os.PathLike) -> list[Path]:
     """Delete the staging folders of pipeline saves into `output_dir` that were killed.
 
-    Only folders named as a save names them that are empty or hold the pipeline code a save writes
-    first are removed; anything else of that name is left alone.
+    A save stages in .<output_dir name>.saving-* next to output_dir, or .saving-* inside it. Only
+    such folders that are empty or hold the pipeline code a save writes first are removed; anything
+    else of that name is left alone.
     """
     target = Path(output_dir).resolve()
-    places = [(target.parent, re.compile(rf"^\.{re.escape(target.name)}\.{PIPELINE_STAGING_SUFFIX}")),
-              (target, re.compile(rf"^\.{PIPELINE_STAGING_SUFFIX}"))]
+    places = [(target.parent, f".{target.name}{PIPELINE_STAGING_MARKER}"), (target, PIPELINE_STAGING_MARKER)]
     removed = []
-    for folder, pattern in places:
+    for folder, prefix in places:
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            if pattern.match(path.name) and path.is_dir() and (
-                    not any(path.iterdir()) or (path / PIPELINE_STAGING_MARKER).is_file()):
+            if path.name.startswith(prefix) and path.is_dir() and (
+                    not any(path.iterdir()) or (path / PIPELINE_STAGING_FIRST_FILE).is_file()):
                 shutil.rmtree(path)
                 removed.append(path)
     return removed
-

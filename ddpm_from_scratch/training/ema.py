@@ -1,12 +1,13 @@
-"""Exponential moving average of the weights (the paper samples from EMA weights, decay 0.9999).
+"""The EMA of the weights (the paper samples from EMA weights, decay 0.9999): diffusers' EMAModel with warmup.
 
-After each optimizer update k = 1, 2, ...:  ema <- decay_k * ema + (1 - decay_k) * theta, with the
-warmup decay_k = clip(1 - (1 + (k - 1) / inv_gamma)^-power, min_decay, max_decay). The first update
-copies theta (decay 0), so the average never carries the random init for long; with power 3/4 the
-decay reaches 0.999 after ~10k updates, with 2/3 it reaches 0.9999 after ~1M (a full-length run).
+After optimizer update k = 1, 2, ...:  ema <- decay_k * ema + (1 - decay_k) * theta, with
+decay_k = clip(1 - (1 + (k - 1) / inv_gamma)^-power, min_decay, max_decay) and decay_1 = 0 (a copy, so the
+average never carries the random init for long). With power 3/4 the decay reaches 0.999 after ~10k
+updates, with 2/3 it reaches 0.9999 after ~1M (a full-length run).
 
-The average is a full copy of the model in float32 (mixed precision keeps float32 master weights),
-so it can be sampled from and saved like any model.
+EMAModel keeps the average as a list of float32 tensors; `ema_unet` is a model that carries them when
+they are sampled from, checked or saved (`ema_weights`). A checkpoint stores them as a diffusers model
+folder (unet_ema/) and the update count in ema.json, so resuming reads no pickle.
 """
 
 from __future__ import annotations
@@ -15,51 +16,34 @@ import copy
 from typing import Any
 
 import torch
+from diffusers.training_utils import EMAModel
+
+from .options import TrainingOptions
 
 
-class ExponentialMovingAverage:
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        max_decay: float = 0.9999,
-        min_decay: float = 0.0,
-        inv_gamma: float = 1.0,
-        power: float = 2 / 3,
-    ):
-        self.averaged_model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.max_decay, self.min_decay, self.inv_gamma, self.power = max_decay, min_decay, inv_gamma, power
-        self.num_updates = 0
+def make_ema(unet: torch.nn.Module, opts: TrainingOptions, device: torch.device) -> tuple[EMAModel, torch.nn.Module]:
+    """The EMA of `unet` with the run's settings, and the model that carries its weights."""
+    ema_unet = copy.deepcopy(unet).eval().requires_grad_(False).to(device)
+    ema = EMAModel(ema_unet.parameters(), decay=opts.ema_max_decay, min_decay=opts.ema_min_decay, use_ema_warmup=True,
+                   inv_gamma=opts.ema_inv_gamma, power=opts.ema_power, foreach=True)
+    return ema, ema_unet
 
-    def decay(self, update: int) -> float:
-        """Decay used at the `update`-th update (1-based)."""
-        warmup = 1.0 - (1.0 + (update - 1) / self.inv_gamma) ** -self.power
-        return min(max(warmup, self.min_decay), self.max_decay)
 
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> float:
-        """Move the average towards `model` (the unwrapped training model); returns the decay used."""
-        self.num_updates += 1
-        decay = self.decay(self.num_updates)
-        averaged = list(self.averaged_model.parameters())
-        current = [param.detach() for param in model.parameters()]
-        # ema += (1 - decay) * (theta - ema), one fused kernel over all tensors
-        torch._foreach_lerp_(averaged, current, 1.0 - decay)
-        for averaged_buffer, buffer in zip(self.averaged_model.buffers(), model.buffers()):
-            averaged_buffer.copy_(buffer)
-        return decay
+def ema_weights(ema: EMAModel, ema_unet: torch.nn.Module) -> torch.nn.Module:
+    """`ema_unet` holding the current average."""
+    ema.copy_to(ema_unet.parameters())
+    return ema_unet
 
-    def to(self, device: torch.device) -> "ExponentialMovingAverage":
-        self.averaged_model.to(device)
-        return self
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "averaged_model": self.averaged_model.state_dict(),
-            "num_updates": self.num_updates,
-            "settings": {"max_decay": self.max_decay, "min_decay": self.min_decay,
-                         "inv_gamma": self.inv_gamma, "power": self.power},
-        }
+def ema_state(ema: EMAModel) -> dict[str, Any]:
+    """What ema.json records: the update count (read back on resume) and the settings (for reference)."""
+    return {"num_updates": ema.optimization_step,
+            "settings": {"max_decay": ema.decay, "min_decay": ema.min_decay, "inv_gamma": ema.inv_gamma,
+                         "power": ema.power}}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.averaged_model.load_state_dict(state["averaged_model"])
-        self.num_updates = int(state["num_updates"])
+
+def load_ema(ema: EMAModel, ema_unet: torch.nn.Module, weights: dict[str, torch.Tensor], num_updates: int) -> None:
+    """Continue the average from saved weights after `num_updates` updates; the settings stay this run's."""
+    ema_unet.load_state_dict(weights)
+    ema.load_state_dict({"optimization_step": num_updates,
+                         "shadow_params": [param.detach() for param in ema_unet.parameters()]})

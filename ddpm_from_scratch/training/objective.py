@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ddpm_from_scratch.bound.losses import DEFAULT_LAMBDA_VLB, training_loss
@@ -49,8 +50,9 @@ def diffusion_loss(
     noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)  # F2, float32
     extra = {} if class_labels is None else {"class_labels": class_labels}
     model_output = model(noisy_images, timesteps, **extra).sample.float()
-    loss = training_loss(loss_type, model_output, noise_scheduler, clean_images, noisy_images, noise, timesteps,
-                         lambda_vlb=lambda_vlb)
+    chain = noise_scheduler.diffusion_chain(device=clean_images.device)  # the training chain t -> t - 1
+    loss = training_loss(loss_type, model_output, chain, noise_scheduler.reverse_step_config, clean_images,
+                         noisy_images, noise, timesteps, lambda_vlb=lambda_vlb)
     return LossOutput(loss=loss)
 
 
@@ -68,3 +70,9 @@ def drop_class_labels(labels: torch.Tensor, probability: float, null_label: int,
         return labels
     drop = torch.rand(labels.shape[0], generator=generator, device=generator.device) < probability
     return torch.where(drop.to(labels.device), torch.full_like(labels, null_label), labels)
+
+
+def update_generator(seed: int, update: int, micro_batch: int, process_index: int, device: torch.device) -> torch.Generator:
+    """The generator for one micro-batch: a pure function of where the run is, so resuming repeats it."""
+    state = np.random.SeedSequence([seed, update, micro_batch, process_index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))

@@ -3,8 +3,7 @@
 Options that change what the model computes (its architecture, the noise schedule, what it predicts)
 are refused: the saved weights would be trained towards another target. Options that only change
 how it is trained from here on (learning rate, batch size, EMA decay, ...) are allowed, with a warning
-stating the old and new value. A checkpoint of version 0.1.0 holds no options, so only the shapes of
-its weights are compared.
+stating the old and new value. A checkpoint of version 0.1.0 is refused (checkpoint_state.check_loadable).
 """
 
 from __future__ import annotations
@@ -17,8 +16,10 @@ from typing import Any
 
 import torch
 
-from ddpm_from_scratch.training.checkpoint_state import apply_checkpoint, read_checkpoint
-from ddpm_from_scratch.training.checkpoints import (
+from ddpm_from_scratch.saving.layout import OPTIONS_NAME
+
+from .checkpoint_state import check_loadable, load_checkpoint, read_json, saved_unet
+from .checkpoints import (
     list_checkpoints,
     plan_resume,
     read_training_state,
@@ -27,7 +28,7 @@ from ddpm_from_scratch.training.checkpoints import (
     set_aside,
 )
 
-logger = logging.getLogger("training")
+logger = logging.getLogger(__name__)
 
 # changing these changes what the saved weights mean
 MODEL_DEFINING_OPTIONS = ("unet_preset", "resolution", "class_conditional", "prediction_type", "variance_type",
@@ -45,10 +46,8 @@ CONFIG_KEY_OPTIONS = {"sample_size": "--resolution", "num_class_embeds": "--clas
 CONFIG_KEYS_THAT_MAY_CHANGE = ("dropout",)
 
 
-def check_options(saved: dict[str, Any] | None, options: dict[str, Any], checkpoint: str) -> list[str]:
+def check_options(saved: dict[str, Any], options: dict[str, Any], checkpoint: str) -> list[str]:
     """Raise ValueError for changed model-defining options; return a warning per changed adjustable one."""
-    if saved is None:
-        return []
     refused = [name for name in MODEL_DEFINING_OPTIONS if name in saved and saved.get(name) != options.get(name)]
     if refused:
         details = "; ".join(f"{_flag(name)}: the checkpoint has {saved[name]!r}, this run {options.get(name)!r}"
@@ -84,28 +83,24 @@ def check_run_length(done: int, max_train_steps: int, checkpoint: str, by_epochs
         )
 
 
-def check_architecture(saved_config: dict[str, Any] | None, saved_shapes: dict[str, tuple[int, ...]],
+def check_architecture(saved_config: dict[str, Any], saved_shapes: dict[str, tuple[int, ...]],
                        model: torch.nn.Module, num_channels: int, checkpoint: str) -> None:
     """Raise ValueError, before any weight is loaded, when the checkpoint's UNet is not this run's."""
-    saved_channels = saved_config.get("in_channels") if saved_config else None
-    conv_in = saved_shapes.get("conv_in.weight")
-    if saved_channels is None and conv_in is not None:
-        saved_channels = conv_in[1]
-    if saved_channels is not None and saved_channels != num_channels:
+    saved_channels = saved_config.get("in_channels")
+    if saved_channels != num_channels:
         raise ValueError(
             f"cannot resume from {checkpoint}: its UNet takes {saved_channels}-channel images, the training data "
             f"has {num_channels} channel(s) ({_channel_words(saved_channels)} vs {_channel_words(num_channels)}); "
             "resume on data with the checkpoint's channels, or start a new run in another --output_dir"
         )
-    if saved_config is not None:
-        config = dict(model.config)
-        changed = [key for key in sorted(set(saved_config) | set(config)) if not key.startswith("_")
-                   and key not in CONFIG_KEYS_THAT_MAY_CHANGE and _plain(saved_config.get(key)) != _plain(config.get(key))]
-        if changed:
-            details = "; ".join(f"{key} (set by {CONFIG_KEY_OPTIONS.get(key, 'the UNet preset')}): the checkpoint "
-                                f"has {saved_config.get(key)!r}, this run {config.get(key)!r}" for key in changed)
-            raise ValueError(f"cannot resume from {checkpoint}: its UNet differs from this run's: {details}; "
-                             "start a new run in another --output_dir")
+    config = dict(model.config)
+    changed = [key for key in sorted(set(saved_config) | set(config)) if not key.startswith("_")
+               and key not in CONFIG_KEYS_THAT_MAY_CHANGE and _plain(saved_config.get(key)) != _plain(config.get(key))]
+    if changed:
+        details = "; ".join(f"{key} (set by {CONFIG_KEY_OPTIONS.get(key, 'the UNet preset')}): the checkpoint "
+                            f"has {saved_config.get(key)!r}, this run {config.get(key)!r}" for key in changed)
+        raise ValueError(f"cannot resume from {checkpoint}: its UNet differs from this run's: {details}; "
+                         "start a new run in another --output_dir")
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     mismatched = sorted(key for key in set(expected) | set(saved_shapes) if expected.get(key) != saved_shapes.get(key))
     if mismatched:
@@ -168,18 +163,29 @@ def choose_checkpoint(opts, root: Path) -> Path | None:
     return plan.path
 
 
-def restore_checkpoint(path: Path, opts, accelerator, unet, optimizer, lr_scheduler, ema, *, num_channels: int,
-                       max_train_steps: int) -> dict[str, Any]:
+def restore_checkpoint(path: Path, opts, accelerator, unet, optimizer, lr_scheduler, ema, ema_unet, *,
+                       num_channels: int, max_train_steps: int) -> dict[str, Any]:
     """Check the checkpoint against this run (ValueError before any weight is loaded), load it into the
     run's objects (every process), log a WARNING for each change; returns its training_state.json."""
+    check_loadable(path)
     state = read_training_state(path)
-    contents = read_checkpoint(path, accelerator.process_index)
-    for warning in check_options(contents.options, opts.for_model_card(), path.name):
+    for warning in check_options(read_json(path / OPTIONS_NAME), opts.for_model_card(), path.name):
         logger.warning(warning)
     check_run_length(state["global_step"], max_train_steps, path.name, "num_epochs" in opts.explicit)
     model = accelerator.unwrap_model(unet)
-    check_architecture(contents.unet_config, contents.weight_shapes, model, num_channels, path.name)
-    for warning in apply_checkpoint(contents, path.name, unet=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                    ema=ema, grad_scaler=accelerator.scaler):
+    check_architecture(*saved_unet(path), model, num_channels, path.name)
+    for warning in load_checkpoint(path, accelerator.process_index, unet=model, optimizer=optimizer,
+                                   lr_scheduler=lr_scheduler, ema=ema, ema_unet=ema_unet, grad_scaler=accelerator.scaler):
         logger.warning(warning)
     return state
+
+
+def resume_position(state: dict[str, Any], layout: dict[str, int], images_per_micro_batch: int) -> int:
+    """Micro-batches per process the resumed run skips: the checkpoint's count when the data layout (batch
+    size, process count, accumulation, seed, dataset size) is the same, else the same number of images."""
+    if state["data_layout"] == layout:
+        return state["micro_batches_per_process"]
+    logger.warning("the checkpoint was written with data layout %s, this run has %s: resuming after the same number "
+                   "of images (%d), but the data order will differ from an uninterrupted run", state["data_layout"],
+                   layout, state["samples_seen"])
+    return state["samples_seen"] // images_per_micro_batch

@@ -6,7 +6,7 @@
 
 What one optimizer update does (every process, in lock step):
     for each of the gradient_accumulation_steps micro-batches:
-        take the next micro-batch of this process's share of the data (data.ShardedEpochOrder)
+        take the next micro-batch of this process's share of the data (batches.ShardedEpochOrder)
         draw flips, t and the noise from a generator seeded by (seed, update, micro-batch, process)
         loss = L_simple or the hybrid loss (objective.diffusion_loss); backward (gradients all-reduced on the last one)
     clip the gradient norm, step Adam and the LR schedule, update the EMA
@@ -20,79 +20,52 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
-from ddpm_from_scratch.training.checkpoint_state import write_process_files, write_shared_files
-from ddpm_from_scratch.training.checkpoints import checkpoints_root, list_checkpoints, prune_checkpoints, save_checkpoint
-from ddpm_from_scratch.training.config import BUILTIN_DIGITS, TrainingOptions, parse_options
-from ddpm_from_scratch.training.data import (
-    PreloadedImages,
-    ShardedEpochOrder,
-    TrainingData,
-    fits_in_memory,
-    iterate_micro_batches,
-    prepare_training_data,
-)
-from ddpm_from_scratch.training.divergence import DivergenceMonitor, TrainingDiverged, check_finite_weights
-from ddpm_from_scratch.training.ema import ExponentialMovingAverage
-from ddpm_from_scratch.training.objective import diffusion_loss, drop_class_labels, random_horizontal_flip
-from ddpm_from_scratch.training.resume import agree_on_checkpoint, restore_checkpoint
+from ddpm_from_scratch.sampling.images import save_image_atomic
+from ddpm_from_scratch.saving.atomic_io import write_json_atomic
 
-logger = logging.getLogger("training")
+from .accelerate_setup import log_sample_grid, make_accelerator, report_setup_error, tracker_config
+from .batches import PreloadedImages, ShardedEpochOrder, fits_in_memory, iterate_micro_batches
+from .checkpoint_state import write_process_files, write_shared_files
+from .checkpoints import checkpoints_root, list_checkpoints, prune_checkpoints, save_checkpoint
+from .components import build_pipeline, digits_sample_quality, grid_of, push_pipeline, run_model_card, sample_images
+from .config import parse_options
+from .data import TrainingData, prepare_training_data
+from .divergence import DivergenceMonitor, TrainingDiverged, check_finite_weights
+from .ema import ema_weights, make_ema
+from .model import build_noise_scheduler, build_unet, check_resolution
+from .objective import diffusion_loss, drop_class_labels, random_horizontal_flip, update_generator
+from .options import BUILTIN_DIGITS, TrainingOptions
+from .output_dir import prepare_output_dir
+from .plots import save_loss_curve
+from .resume import agree_on_checkpoint, restore_checkpoint, resume_position
+
+logger = logging.getLogger(__name__)
 
 
 class SetupError(ValueError):
     """Bad input found before training started (printed without a traceback)."""
 
 
-def update_generator(seed: int, update: int, micro_batch: int, process_index: int, device: torch.device) -> torch.Generator:
-    """The generator for one micro-batch: a pure function of where the run is, so resuming repeats it."""
-    state = np.random.SeedSequence([seed, update, micro_batch, process_index]).generate_state(2, dtype=np.uint32)
-    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def _tracker_config(opts: TrainingOptions) -> dict[str, Any]:
-    """Options as tensorboard hparams accept them (numbers, strings, bools)."""
-    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
-            for key, value in opts.for_model_card().items()}
-
-
 class Trainer:
     """Sets up everything (raising SetupError for bad input), then `train()` runs the loop."""
 
     def __init__(self, opts: TrainingOptions):
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.utils import set_seed
 
         self.opts = opts
         self.start_time = time.time()
-        log_with = None if opts.report_to == "none" else opts.report_to
-        _check_tracker_available(log_with)
-        try:
-            self.accelerator = Accelerator(
-                cpu=_cpu_only_multiprocess(),
-                mixed_precision=opts.mixed_precision,
-                gradient_accumulation_steps=opts.gradient_accumulation_steps,
-                log_with=log_with,
-                project_config=ProjectConfiguration(project_dir=str(opts.output_path), logging_dir=str(opts.logging_path)),
-            )
-        except ValueError as error:  # e.g. fp16 without a GPU
-            raise SetupError(f"accelerate cannot run this setup: {error}") from error
+        self.accelerator = make_accelerator(opts)
         accelerator = self.accelerator
-        _configure_logging(accelerator)
         self.accumulation = self._reconcile_accumulation()
         set_seed(opts.seed)  # the model init is the same on every process and in every run with this seed
-
-        from ddpm_from_scratch.training.components import build_noise_scheduler, build_unet, check_resolution
-
         check_resolution(opts.unet_preset, opts.resolution)
         self.checkpoint_dir = checkpoints_root(opts.output_path)
         self.resume_path = agree_on_checkpoint(accelerator, opts, self.checkpoint_dir)
@@ -116,8 +89,7 @@ class Trainer:
         if opts.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
-        self.ema = (ExponentialMovingAverage(unet, opts.ema_max_decay, opts.ema_min_decay, opts.ema_inv_gamma,
-                                             opts.ema_power).to(accelerator.device) if opts.use_ema else None)
+        self.ema, self.ema_unet = make_ema(unet, opts, accelerator.device) if opts.use_ema else (None, None)
         # the fused kernel: one pass over all weights instead of a Python loop (7x faster on CPU for the digits UNet)
         fused = {"fused": True} if accelerator.device.type in ("cpu", "cuda") else {}
         optimizer = torch.optim.AdamW(unet.parameters(), lr=opts.learning_rate, betas=(opts.adam_beta1, opts.adam_beta2),
@@ -159,22 +131,13 @@ class Trainer:
         """Check the checkpoint against this run (SetupError before any weight is loaded), then restore it."""
         accelerator, opts = self.accelerator, self.opts
         state = restore_checkpoint(self.resume_path, opts, accelerator, self.unet, self.optimizer, self.lr_scheduler,
-                                   self.ema, num_channels=self.data.num_channels, max_train_steps=self.max_train_steps)
+                                   self.ema, self.ema_unet, num_channels=self.data.num_channels, max_train_steps=self.max_train_steps)
         self.global_step = state["global_step"]
         self.samples_seen = state["samples_seen"]
         self.loss_history = [tuple(item) for item in state["loss_history"]]
         self.elapsed_before_resume = state.get("elapsed_seconds", 0.0)
-        layout = self._data_layout()
-        if state["data_layout"] == layout:
-            self.micro_batches_done = state["micro_batches_per_process"]
-        else:
-            # another batch size / process count / dataset: continue after the same number of images
-            self.micro_batches_done = self.samples_seen // (opts.train_batch_size * accelerator.num_processes)
-            logger.warning(
-                "the checkpoint was written with data layout %s, this run has %s: resuming after the same number of "
-                "images (%d), but the data order will differ from an uninterrupted run", state["data_layout"], layout,
-                self.samples_seen,
-            )
+        self.micro_batches_done = resume_position(state, self._data_layout(),
+                                                  opts.train_batch_size * accelerator.num_processes)
         logger.info("resumed from %s at update %d", self.resume_path, self.global_step)
 
     def _data_layout(self) -> dict[str, int]:
@@ -202,7 +165,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         opts, accelerator = self.opts, self.accelerator
-        accelerator.init_trackers("ddpm_from_scratch", config=_tracker_config(opts))
+        accelerator.init_trackers("ddpm_from_scratch", config=tracker_config(opts))
         preloaded = None
         if fits_in_memory(self.data, opts.resolution):
             started = time.time()
@@ -228,7 +191,7 @@ class Trainer:
                 self.loss_history.append((self.global_step, mean_loss))
                 logs = {"loss": mean_loss, "lr": self.lr_scheduler.get_last_lr()[0]}
                 if self.ema is not None:
-                    logs["ema_decay"] = self.ema.decay(self.ema.num_updates)
+                    logs["ema_decay"] = self.ema.cur_decay_value
                 progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{logs['lr']:.2e}")
                 accelerator.log(logs, step=self.global_step)
             if opts.checkpointing_steps and self.global_step % opts.checkpointing_steps == 0:
@@ -270,7 +233,7 @@ class Trainer:
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.update(accelerator.unwrap_model(self.unet))
+            self.ema.step(accelerator.unwrap_model(self.unet).parameters())
         self.samples_seen += opts.train_batch_size * accelerator.num_processes * self.accumulation
         return total / self.accumulation
 
@@ -300,7 +263,7 @@ class Trainer:
         self.monitor.check(self.accelerator, last_good)
         if weights:
             modules = [("raw", self.accelerator.unwrap_model(self.unet))]
-            check_finite_weights(modules + ([("EMA", self.ema.averaged_model)] if self.ema else []), last_good)
+            check_finite_weights(modules + ([("EMA", self._sampling_unet())] if self.ema else []), last_good)
 
     def _write_checkpoint_files(self, folder: Path) -> None:
         """Every process its RNG state; the main one the model, optimizer and schedules. With DDP every
@@ -309,7 +272,8 @@ class Trainer:
         write_process_files(folder, accelerator.process_index)
         if accelerator.is_main_process:
             write_shared_files(folder, unet=accelerator.unwrap_model(self.unet), optimizer=self.optimizer,
-                               lr_scheduler=self.lr_scheduler, ema=self.ema, noise_scheduler=self.noise_scheduler,
+                               lr_scheduler=self.lr_scheduler, ema=self.ema, ema_unet=self._sampling_unet(),
+                               noise_scheduler=self.noise_scheduler,
                                grad_scaler=accelerator.scaler, options=self.opts.for_model_card())
 
     def _checkpoint(self) -> None:
@@ -325,7 +289,10 @@ class Trainer:
         accelerator.wait_for_everyone()
 
     def _sampling_unet(self) -> torch.nn.Module:
-        return self.ema.averaged_model if self.ema is not None else self.accelerator.unwrap_model(self.unet)
+        """The EMA weights (copied into ema_unet), or the trained ones with --no-use_ema."""
+        if self.ema is None:
+            return self.accelerator.unwrap_model(self.unet)
+        return ema_weights(self.ema, self.ema_unet)
 
     def _grid_due(self) -> bool:
         """After this update: --save_images_steps divides the update count, or an epoch that
@@ -340,10 +307,6 @@ class Trainer:
 
     def _save_samples(self, name: str):
         """Sample a grid from the EMA weights (main process) into output_dir/samples/<name>."""
-        from ddpm_from_scratch.sampling.images import save_image_atomic
-
-        from ddpm_from_scratch.training.components import grid_of, sample_images
-
         accelerator, opts = self.accelerator, self.opts
         self._check_diverged()
         images = None
@@ -365,8 +328,6 @@ class Trainer:
                 and self.data.num_channels == 1)
 
     def _save_loss_curve(self) -> None:
-        from ddpm_from_scratch.training.plots import save_loss_curve
-
         if self.loss_history:
             steps, losses = zip(*self.loss_history)
             save_loss_curve(self.opts.output_path / "loss_curve.png", steps, losses,
@@ -374,114 +335,40 @@ class Trainer:
 
     def _finish(self) -> Path:
         """Sample the final grid, save the EMA pipeline with its model card, push if asked."""
-        from ddpm_from_scratch.saving.atomic_io import write_json_atomic
-
-        from ddpm_from_scratch.training.components import (build_pipeline, digits_sample_quality, grid_of, make_model_card,
-                                         push_pipeline, save_pipeline)
-
         accelerator, opts = self.accelerator, self.opts
         training_minutes = round(self._elapsed() / 60, 2)  # sampling the final grid not included
         images = self._save_samples("final.png")
         if accelerator.is_main_process:
             self._save_loss_curve()
-            pipeline = build_pipeline(self._sampling_unet(), self.noise_scheduler)
             final_loss = self.loss_history[-1][1] if self.loss_history else None
             metrics = {"final_loss": final_loss, "train_steps": self.global_step, "images_seen": self.samples_seen,
                        "training_minutes": training_minutes, "undecodable_images_skipped": self.data.num_skipped}
             if self._is_builtin_digits() and len(images) >= 2:
-                metrics.update(digits_sample_quality(images))
-                metrics["digits_quality_num_images"] = len(images)
+                metrics.update(digits_sample_quality(images), digits_quality_num_images=len(images))
             write_json_atomic(metrics, opts.output_path / "metrics.json", indent=1)
-            grid = grid_of(images, self.data.num_classes)
-            training_config = {**opts.for_model_card(), "data": self.data.description,
-                               "max_train_steps": self.max_train_steps,
-                               "gradient_accumulation_steps": self.accumulation,
-                               "mixed_precision": accelerator.mixed_precision,
-                               "num_processes": accelerator.num_processes,
-                               "images_per_update": opts.train_batch_size * accelerator.num_processes * self.accumulation}
-            hub_dataset = opts.dataset_name if opts.dataset_name not in (None, BUILTIN_DIGITS) else None
-            card = make_model_card(hub_dataset, training_config, metrics, grid,
-                                   tags=[f"preset-{opts.preset}"] + (["class-conditional"] if self.data.num_classes else []))
-            save_pipeline(pipeline, str(opts.output_path), card)
+            card = run_model_card(opts, self.data.description, self.data.num_classes, metrics,
+                                  grid_of(images, self.data.num_classes), {
+                                      "max_train_steps": self.max_train_steps,
+                                      "gradient_accumulation_steps": self.accumulation,
+                                      "mixed_precision": accelerator.mixed_precision,
+                                      "num_processes": accelerator.num_processes,
+                                      "images_per_update": opts.train_batch_size * accelerator.num_processes
+                                      * self.accumulation})
+            pipeline = build_pipeline(self._sampling_unet(), self.noise_scheduler)
+            pipeline.save_pretrained(opts.output_path, model_card=card)  # checkpoints, samples and logs stay
             logger.info("saved the %s pipeline to %s (final loss %.4f, %.1f min)",
                         "EMA" if self.ema is not None else "final", opts.output_path, final_loss or float("nan"),
                         self._elapsed() / 60)
             if opts.push_to_hub:
-                message = f"DDPM {opts.preset} preset, {self.global_step} steps, final loss {final_loss:.4f}"
-                try:
-                    push_pipeline(pipeline, opts, card, message)
-                except Exception:
-                    logger.error("the pipeline is saved in %s but pushing it to %s failed; retry with "
-                                 "ScratchDDPMPipeline.from_pretrained(%r).push_to_hub(%r)", opts.output_path,
-                                 opts.hub_model_id, str(opts.output_path), opts.hub_model_id)
-                    raise
-                logger.info("pushed the pipeline to https://huggingface.co/%s", opts.hub_model_id)
+                push_pipeline(pipeline, opts, card, f"DDPM {opts.preset} preset, {self.global_step} steps, final "
+                                                    f"loss {final_loss:.4f}")
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return opts.output_path
 
 
-def _cpu_only_multiprocess() -> bool:
-    """True when a launcher (torchrun, `accelerate launch --multi_gpu`) started several processes on a
-    machine without an accelerator. accelerate would then run each as a separate one-process job
-    writing the same files; asking it for CPU processes makes them one job joined by gloo."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    return not has_accelerator
-
-
-def _check_tracker_available(log_with: str | None) -> None:
-    from ddpm_from_scratch.training.config import check_report_to
-
-    try:
-        check_report_to(log_with or "none")
-    except ValueError as error:
-        raise SetupError(str(error)) from error
-
-
-SAMPLE_GRID_TAG = "samples"
-
-
-def log_sample_grid(trackers, grid, path: Path, step: int) -> None:
-    """Send a sample grid to every active tracker through the image call accelerate (or the tracker's own
-    client) offers for it; a tracker with none gets a log line pointing at the PNG file."""
-    rgb = np.asarray(grid.convert("RGB"))
-    for tracker in trackers:
-        name = tracker.name
-        if name == "tensorboard":
-            tracker.log_images({SAMPLE_GRID_TAG: rgb[None]}, step=step, dataformats="NHWC")
-        elif name in ("wandb", "swanlab"):
-            tracker.log_images({SAMPLE_GRID_TAG: [grid]}, step=step)
-        elif name in ("aim", "clearml"):
-            tracker.log_images({SAMPLE_GRID_TAG: rgb}, step=step)
-        elif name == "comet_ml":
-            tracker.tracker.log_image(rgb, name=f"{SAMPLE_GRID_TAG}-{step:07d}", step=step)
-        elif name == "mlflow":
-            tracker.log_artifact(str(path), artifact_path=SAMPLE_GRID_TAG)
-        elif name == "dvclive":
-            tracker.tracker.log_image(path.name, grid)
-        else:
-            logger.info("the %s tracker takes no images through accelerate; the grid is %s", name, path)
-
-
-def _configure_logging(accelerator) -> None:
-    import datasets
-    import diffusers
-
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO if accelerator.is_local_main_process else logging.WARNING, force=True)
-    if not accelerator.is_local_main_process:
-        datasets.utils.logging.disable_progress_bar()
-    datasets.utils.logging.set_verbosity_warning()
-    diffusers.utils.logging.set_verbosity_warning()
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
-
-
 def main(argv: Sequence[str] | None = None) -> Path:
     """Parse, set up (every input error is raised here, as SetupError), train; returns the output folder."""
-    from ddpm_from_scratch.training.config import prepare_output_dir
-
     try:
         opts = parse_options(argv)
         prepare_output_dir(opts)
@@ -503,17 +390,3 @@ def cli(argv: Sequence[str] | None = None) -> int:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-def report_setup_error(line: str) -> None:
-    """Print the error once (process 0 of a launched job; every process raised the same error). Under
-    torchrun (`accelerate launch --multi_gpu`) it also goes to the process's error file, so torchrun's
-    failure report, printed after it, shows this line as the root cause instead of a pointer to its docs."""
-    if os.environ.get("RANK", "0") == "0":
-        print(line, file=sys.stderr)
-    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if error_file:
-        from ddpm_from_scratch.saving.atomic_io import write_json_atomic
-
-        write_json_atomic({"message": line, "timestamp": int(time.time())}, error_file)
-

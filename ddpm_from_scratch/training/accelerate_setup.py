@@ -1,0 +1,107 @@
+"""What the trainer asks of accelerate and the launchers: the Accelerator for this launch, logging per
+process, the trackers' config and sample-grid images, and torchrun's error file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddpm_from_scratch.saving.atomic_io import write_json_atomic
+
+from .config import check_report_to
+from .options import TrainingOptions
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_GRID_TAG = "samples"
+
+
+def make_accelerator(opts: TrainingOptions):
+    """The Accelerator for this launch, with logging configured; ValueError for a setup it cannot run."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    log_with = None if opts.report_to == "none" else opts.report_to
+    check_report_to(opts.report_to)  # the tracker's package is installed
+    try:
+        accelerator = Accelerator(
+            cpu=cpu_only_multiprocess(),
+            mixed_precision=opts.mixed_precision,
+            gradient_accumulation_steps=opts.gradient_accumulation_steps,
+            log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=str(opts.output_path), logging_dir=str(opts.logging_path)),
+        )
+    except ValueError as error:  # e.g. fp16 without a GPU
+        raise ValueError(f"accelerate cannot run this setup: {error}") from error
+    configure_logging(accelerator)
+    return accelerator
+
+
+def cpu_only_multiprocess() -> bool:
+    """True when a launcher (torchrun, `accelerate launch --multi_gpu`) started several processes on a
+    machine without an accelerator. accelerate would then run each as a separate one-process job
+    writing the same files; asking it for CPU processes makes them one job joined by gloo."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    return not has_accelerator
+
+
+def configure_logging(accelerator) -> None:
+    """INFO lines from the local main process, warnings from the others (every line names its module)."""
+    import datasets
+    import diffusers
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO if accelerator.is_local_main_process else logging.WARNING, force=True)
+    if not accelerator.is_local_main_process:
+        datasets.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_warning()
+    diffusers.utils.logging.set_verbosity_warning()
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
+
+
+def tracker_config(opts: TrainingOptions) -> dict[str, Any]:
+    """Options as tensorboard hparams accept them (numbers, strings, bools)."""
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in opts.for_model_card().items()}
+
+
+def log_sample_grid(trackers, grid, path: Path, step: int) -> None:
+    """Send a sample grid to every active tracker through the image call accelerate (or the tracker's own
+    client) offers for it; a tracker with none gets a log line pointing at the PNG file."""
+    rgb = np.asarray(grid.convert("RGB"))
+    for tracker in trackers:
+        name = tracker.name
+        if name == "tensorboard":
+            tracker.log_images({SAMPLE_GRID_TAG: rgb[None]}, step=step, dataformats="NHWC")
+        elif name in ("wandb", "swanlab"):
+            tracker.log_images({SAMPLE_GRID_TAG: [grid]}, step=step)
+        elif name in ("aim", "clearml"):
+            tracker.log_images({SAMPLE_GRID_TAG: rgb}, step=step)
+        elif name == "comet_ml":
+            tracker.tracker.log_image(rgb, name=f"{SAMPLE_GRID_TAG}-{step:07d}", step=step)
+        elif name == "mlflow":
+            tracker.log_artifact(str(path), artifact_path=SAMPLE_GRID_TAG)
+        elif name == "dvclive":
+            tracker.tracker.log_image(path.name, grid)
+        else:
+            logger.info("the %s tracker takes no images through accelerate; the grid is %s", name, path)
+
+
+def report_setup_error(line: str) -> None:
+    """Print the error once (process 0 of a launched job; every process raised the same error). Under
+    torchrun (`accelerate launch --multi_gpu`) it also goes to the process's error file, so torchrun's
+    failure report, printed after it, shows this line as the root cause instead of a pointer to its docs."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        write_json_atomic({"message": line, "timestamp": int(time.time())}, error_file)
