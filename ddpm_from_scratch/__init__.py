@@ -41,6 +41,8 @@ _EXPORTS = {
     "ModelCardInfo": "saving.model_card",
     "nll_bits_per_dim": "bound.likelihood",
     "ScratchDDPMPipeline": "pipeline",
+    "ScratchImg2ImgPipeline": "editing.img2img",
+    "ScratchInpaintPipeline": "editing.inpaint",
     "fit": "training",  # the `train` extra
 }
 
@@ -50,6 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .saving.convert_unet import convert_diffusers_unet
     from .saving.model_card import ModelCardInfo
     from .bound.likelihood import nll_bits_per_dim
+    from .editing.img2img import ScratchImg2ImgPipeline
+    from .editing.inpaint import ScratchInpaintPipeline
     from .pipeline import ScratchDDPMPipeline
     from .training import fit
     from .scheduler import ScratchDDPMScheduler, ScratchDDPMSchedulerOutput

@@ -15,7 +15,7 @@ from ddpm_from_scratch.unet import ScratchUNet2DModel
 
 PACKAGE = Path(ddpm_from_scratch.__file__).parent
 SHIPPED_CLASSES = (ScratchDDPMPipeline, ScratchUNet2DModel, ScratchDDPMScheduler)
-SUBPACKAGES = {"bound", "cli", "digits", "sampling", "saving", "training"}
+SUBPACKAGES = {"bound", "cli", "digits", "editing", "sampling", "saving", "training"}
 
 
 def shipped_closure(cls: type) -> set[str]:

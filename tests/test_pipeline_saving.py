@@ -494,7 +494,7 @@ def test_a_variant_and_shards_get_their_own_checksums_and_verify(original, saved
 
 def test_a_folder_without_checksums_loads_with_a_warning(saved_copy, expected_images, caplog):
     (saved_copy / "manifest.json").unlink()
-    with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.saving.folder"):
+    with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.saving.checksums"):
         loaded = ScratchDDPMPipeline.from_pretrained(saved_copy)
     assert "diffusion_pytorch_model.safetensors': no SHA-256 recorded" in caplog.text
     assert "loaded without verifying" in caplog.text
@@ -598,6 +598,6 @@ def test_a_damaged_checkpoint_is_refused_and_one_without_manifest_warns(tmp_path
     with pytest.raises(WeightsChecksumError, match=r"unet_ema/diffusion_pytorch_model\.safetensors' is corrupted"):
         ScratchDDPMPipeline.from_pretrained(folder)
     (folder / "manifest.json").unlink()
-    with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.saving.folder"):
+    with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.saving.checksums"):
         ScratchDDPMPipeline.from_pretrained(folder)
     assert "unet_ema/diffusion_pytorch_model.safetensors': no SHA-256 recorded" in caplog.text

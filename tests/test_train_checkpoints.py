@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME as WEIGHTS_NAME
 
 from _train_fixtures import (
     TINY_RUN,
@@ -25,7 +26,6 @@ from _train_fixtures import (
     start_train,
     write_digit_folder,
 )
-from ddpm_from_scratch.training import checkpoint_state as state
 from ddpm_from_scratch.saving import layout
 from ddpm_from_scratch.training import checkpoints as ckpt
 
@@ -99,7 +99,7 @@ def test_a_checkpoint_folder_is_a_diffusers_model_with_safe_training_state(base)
     assert scheduler.config.prediction_type == "epsilon"
     # the last checkpoint's EMA is the saved pipeline's UNet
     pipeline_weights = load_safetensors(base["out"] / "unet" / "diffusion_pytorch_model.safetensors")
-    assert max_abs_difference(load_safetensors(folder / "unet_ema" / state.WEIGHTS_NAME), pipeline_weights) == 0.0
+    assert max_abs_difference(load_safetensors(folder / "unet_ema" / WEIGHTS_NAME), pipeline_weights) == 0.0
     torch.load(folder / "optimizer.pt", weights_only=True)  # tensors and numbers only
 
 
@@ -287,7 +287,7 @@ def test_a_huge_learning_rate_fails_loudly(failing_runs, base):
     assert "training diverged" in result.stderr
     assert not (out / "model_index.json").exists()
     for _, folder in ckpt.list_checkpoints(out / "checkpoints"):
-        assert all(torch.isfinite(t).all() for t in load_safetensors(folder / "unet" / state.WEIGHTS_NAME).values())
+        assert all(torch.isfinite(t).all() for t in load_safetensors(folder / "unet" / WEIGHTS_NAME).values())
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
     ddpm-sample PATH --num-images 64 --out grid.png
     ddpm-sample PATH --num-images 64 --out grid.png --num-inference-steps 250 --seed 0 --device cuda
+    ddpm-sample PATH --image digit.png --mask lower-half --out fills.png     # inpainting (cli/editing.py)
+    ddpm-sample PATH --image digit.png --strength 0.5 --out edits.png       # image-to-image
 
 PATH is a folder written by ``save_pretrained``, a training checkpoint folder (checkpoint-N/: its
 EMA weights if it has them, else the raw ones) or a Hub repo id. Images come from
@@ -26,6 +28,7 @@ import PIL.Image
 
 from ..sampling.images import make_image_grid, save_image_atomic
 from ..sampling.seeded import sample_with_image_seeds
+from .editing import add_editing_arguments, check_editing_arguments, edit_images
 from .args import (
     USER_ERRORS,
     VARIANCE_CHOICES,
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="enlarge each image by this integer factor (default: enough to make cells >= 32 px)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_editing_arguments(parser)
     return parser
 
 
@@ -153,14 +157,17 @@ def sample_grid(args: argparse.Namespace) -> tuple[np.ndarray, int]:
     """Run the sampler as ``args`` say; returns (images as float (N, H, W, C) in [0, 1], steps)."""
     pipeline, num_classes = load_sampling_pipeline(args)
     steps = args.num_inference_steps or pipeline.scheduler.config.num_train_timesteps
+    labels_for = None if args.class_label is None else (
+        lambda count, offset: _labels_for(args.class_label, count, offset, num_classes))
+    if args.image is not None:
+        return edit_images(args, pipeline, steps, labels_for), steps
     images = sample_with_image_seeds(
         pipeline,
         args.num_images,
         num_inference_steps=steps,
         batch_size=args.batch_size,
         seed=args.seed,
-        class_labels_for=None if args.class_label is None else (
-            lambda count, offset: _labels_for(args.class_label, count, offset, num_classes)),
+        class_labels_for=labels_for,
         progress=not args.no_progress,
         **({} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}),
     )
@@ -171,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_editing_arguments(args, parser)
         out = check_output_file(args.out, "--out", tuple(PIL.Image.registered_extensions()))
         images, steps = sample_grid(args)
         height = images.shape[1]

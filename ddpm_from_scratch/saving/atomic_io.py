@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a later run after a crash) sees the old file or the new one, never half.
+"""Atomic file writes: a reader (or a later run after a crash) sees the old file or the new one, never half;
+and the one JSON reader, whose errors name the file.
 
 The bytes go to a temporary file in the target's own folder (a rename is only atomic within one
 file system), are flushed to disk, and the temporary file is renamed over the target.
@@ -52,3 +53,18 @@ def write_json_atomic(data: Any, path: str | os.PathLike, indent: int = 2) -> Pa
     with atomic_write(path, "w") as handle:
         json.dump(data, handle, indent=indent, allow_nan=True)
     return Path(path)
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (``what`` names it in errors): a missing file is a FileNotFoundError,
+    anything but a JSON object a ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{what} {str(path)!r} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {str(path)!r} must hold a JSON object, got {type(data).__name__}")
+    return data

@@ -6,22 +6,25 @@ A training checkpoint records every file it holds; a saved pipeline records its 
 shard indexes). Loaders verify weights against the manifest before reading them, because
 safetensors checks a file's header but not its tensor bytes: a flipped byte would load silently as a
 slightly different model. A folder without a manifest (saved by ddpm-from-scratch 0.1.0 or by stock
-diffusers) loads unverified, with one warning (`verify_files` returns the unrecorded files).
+diffusers) loads unverified, with one warning (`verify_files`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
+
+from diffusers.utils import logging
+from huggingface_hub.utils.sha import sha_fileobj
 
 from .atomic_io import write_json_atomic
 from .layout import MANIFEST_NAME
 
 MANIFEST_FORMAT = 1
-_CHUNK_BYTES = 1 << 20
+logger = logging.get_logger(__name__)
 
 
 class WeightsChecksumError(OSError):
@@ -29,15 +32,13 @@ class WeightsChecksumError(OSError):
 
 
 def sha256_of_file(path: str | os.PathLike, *, fsync: bool = False) -> str:
-    """Hex SHA-256 of the file's bytes, read in 1 MiB chunks; ``fsync`` also flushes the file to disk
-    (a writer hashing what it just wrote, before renaming the folder into place)."""
-    digest = hashlib.sha256()
+    """Hex SHA-256 of the file's bytes (huggingface_hub's ``sha_fileobj``, 1 MiB chunks); ``fsync`` also flushes
+    the file to disk (a writer hashing what it just wrote, before renaming the folder into place)."""
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
+        digest = sha_fileobj(handle).hex()
         if fsync:
             os.fsync(handle.fileno())
-    return digest.hexdigest()
+    return digest
 
 
 def write_manifest(
@@ -61,12 +62,8 @@ def write_manifest(
     return manifest
 
 
-def _is_sha256(value: object) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
-
-
-def read_manifest(folder: Path) -> dict[Path, tuple[int, str]] | None:
-    """{``folder / relative path``: (size, sha256)} from ``folder/manifest.json``; None if there is none.
+def read_manifest(folder: Path) -> dict[str, tuple[int, str]] | None:
+    """{relative posix path: (size, sha256)} from ``folder/manifest.json``; None if there is none.
 
     A manifest that is not the format above raises a ValueError naming it.
     """
@@ -80,11 +77,11 @@ def read_manifest(folder: Path) -> dict[Path, tuple[int, str]] | None:
             raise ValueError(f"expected format {MANIFEST_FORMAT} and a 'files' object")
         recorded = {}
         for name, entry in files.items():
-            relative = PurePosixPath(name)
-            size, digest = entry["size"], entry["sha256"]
-            if relative.is_absolute() or ".." in relative.parts or not isinstance(size, int) or not _is_sha256(digest):
+            relative, size, digest = PurePosixPath(name), entry["size"], entry["sha256"]
+            if (relative.is_absolute() or ".." in relative.parts or not isinstance(size, int)
+                    or not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest))):
                 raise ValueError(f"bad entry {name!r}: {entry!r}")
-            recorded[Path(folder, *relative.parts)] = (size, digest)
+            recorded[relative.as_posix()] = (size, digest)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"manifest {str(manifest_file)!r} is malformed: {error}") from error
     return recorded
@@ -102,10 +99,8 @@ def _problem(path: Path, size: int, digest: str) -> str | None:
 
 
 def verify_manifest(folder: Path, required: Iterable[str] = ()) -> list[str]:
-    """Problems with ``folder`` against its manifest (an empty list: it verifies), each naming the file.
-
-    ``required``: relative paths the manifest must record.
-    """
+    """Problems with every file ``folder``'s manifest records (an empty list: it verifies), each naming the
+    file; ``required``: relative paths the manifest must record."""
     folder = Path(folder)
     if not folder.is_dir():
         return [f"{folder} is not a folder"]
@@ -115,30 +110,26 @@ def verify_manifest(folder: Path, required: Iterable[str] = ()) -> list[str]:
         return [str(error)]
     if not recorded:
         return [f"{MANIFEST_NAME} is missing or empty (the save never finished, or it was not written here)"]
-    problems = []
-    for path, (size, digest) in sorted(recorded.items()):
-        problem = _problem(path, size, digest)
-        if problem:
-            problems.append(f"{path.relative_to(folder).as_posix()} {problem}")
-    recorded_names = {path.relative_to(folder).as_posix() for path in recorded}
-    problems += [f"{name} is not in the manifest" for name in required if name not in recorded_names]
-    return problems
+    problems = [f"{name} {problem}" for name, entry in sorted(recorded.items())
+                if (problem := _problem(folder / name, *entry))]
+    return problems + [f"{name} is not in the manifest" for name in required if name not in recorded]
 
 
-def verify_files(files: Iterable[Path], recorded: dict[Path, tuple[int, str]] | None) -> list[Path]:
-    """Check each of ``files`` against ``recorded`` (from `read_manifest`); returns the files it has no
-    entry for. A mismatch raises WeightsChecksumError naming the file."""
-    by_path = {Path(os.path.abspath(path)): entry for path, entry in (recorded or {}).items()}
-    unrecorded = []
+def verify_files(folder: Path, files: Iterable[Path]) -> None:
+    """Check ``files`` (under ``folder``) against ``folder``'s manifest before they are loaded: a mismatch
+    raises WeightsChecksumError naming the file; files it does not record load with one warning."""
+    recorded, unrecorded = read_manifest(folder) or {}, []
     for path in files:
-        entry = by_path.get(Path(os.path.abspath(path)))
+        entry = recorded.get(Path(os.path.abspath(path)).relative_to(os.path.abspath(folder)).as_posix())
         if entry is None:
-            unrecorded.append(Path(path))
-            continue
-        problem = _problem(Path(path), *entry)
-        if problem:
+            unrecorded.append(repr(str(path)))
+        elif problem := _problem(Path(path), *entry):
             raise WeightsChecksumError(
                 f"weights file {str(path)!r} is corrupted: {Path(path).name} {problem}; it was damaged on disk or "
                 "in transfer, or partly overwritten, since it was saved: save or download it again"
             )
-    return unrecorded
+    if unrecorded:
+        logger.warning(
+            f"{', '.join(unrecorded)}: no SHA-256 recorded (a folder saved without a {MANIFEST_NAME}, e.g. by "
+            "ddpm-from-scratch 0.1.0 or stock diffusers), loaded without verifying the bytes"
+        )

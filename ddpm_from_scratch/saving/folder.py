@@ -17,23 +17,24 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .atomic_io import read_json
 from .checksums import read_manifest, verify_files, write_manifest
-from .layout import (EMA_UNET_DIR, MANIFEST_NAME, MODEL_INDEX_NAME, PIPELINE_STAGING_MARKER, SCHEDULER_DIR, STATE_NAME,
-                     UNET_DIR)
+from .layout import EMA_UNET_DIR, MODEL_INDEX_NAME, PIPELINE_STAGING_MARKER, SCHEDULER_DIR, STATE_NAME, UNET_DIR
 from .model_card import MODEL_CARD_NAME, ModelCardInfo, write_model_card
-from .shipped_code import CodeLayoutError, check_shipped_code
+from .shipped_code import check_shipped_code
 
 logger = logging.get_logger(__name__)
 
@@ -45,23 +46,16 @@ MODEL_LOADING_KEYS = (
     "torch_dtype", "dtype", "variant", "device_map", "max_memory", "offload_folder", "offload_state_dict",
     "low_cpu_mem_usage", "ignore_mismatched_sizes", "quantization_config", "disable_mmap",
 )
-_SAFETENSORS_ONLY = "weights are loaded from safetensors only (unpickling can run arbitrary code)"
-# keywords of diffusers' loaders that cannot apply here: name -> (values that are fine, why others are not)
+# keywords of diffusers' DiffusionPipeline.from_pretrained that cannot apply here: name -> (values that are
+# fine, why others are not); any other unknown keyword is refused with the list of allowed ones
 _UNSUPPORTED_LOADING_KEYS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "use_safetensors": ((None, True), _SAFETENSORS_ONLY),
+    "use_safetensors": ((None, True), "weights are loaded from safetensors only (unpickling can run arbitrary code)"),
     "use_onnx": ((None, False), "the pipeline has no ONNX weights"),
-    "use_flashpack": ((None, False), _SAFETENSORS_ONLY),
-    "from_flax": ((None, False), _SAFETENSORS_ONLY),
     "output_loading_info": ((None, False), "from_pretrained returns the pipeline only"),
-    "load_connected_pipeline": ((None, False), "the pipeline has no connected pipelines"),
     "custom_pipeline": ((None,), "this class is the pipeline; to run code shipped in the folder use "
                                  "DiffusionPipeline.from_pretrained(path, trust_remote_code=True)"),
-    "custom_revision": ((None,), "no code from the folder runs"),
-    "subfolder": ((None,), "a pipeline folder's components are found through its model_index.json"),
-    **{key: ((None,), "ONNX Runtime options do not apply") for key in ("provider", "sess_options", "provider_options")},
     "proxies": ((None,), "huggingface_hub takes proxies from the HTTP_PROXY / HTTPS_PROXY environment variables"),
 }
-_HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 CHECKPOINT_UNET_FOLDERS = (EMA_UNET_DIR, UNET_DIR)  # preferred first: the EMA weights are the ones to sample
 
 
@@ -77,6 +71,18 @@ def weights_file_pattern(variant: str | None) -> re.Pattern:
     )
 
 
+def variant_weights(names: Iterable[str], components: Iterable[str], variant: str | None) -> list[str]:
+    """Of ``names`` (relative posix paths: a folder's files, a manifest's, a Hub repo's), the weights of
+    ``variant`` in the ``components``' folders: what a save of that variant writes anew or replaces."""
+    pattern, components = weights_file_pattern(variant), set(components)
+    return [name for name in names
+            if name.count("/") == 1 and name.split("/")[0] in components and pattern.match(name.split("/")[1])]
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+
+
 def _move_into_place(staging: Path, target: Path, component_names: list[str], variant: str | None) -> None:
     """Move the staged files over ``target`` one rename at a time, ``model_index.json`` last.
 
@@ -84,15 +90,14 @@ def _move_into_place(staging: Path, target: Path, component_names: list[str], va
     other variants' weights) are left alone, except same-variant weights in a replaced component
     folder (an old shard or .bin could shadow the new file), deleted once the new ones are in place.
     """
-    staged = sorted(path.relative_to(staging) for path in staging.rglob("*") if path.is_file())
-    for relative in [path for path in staged if path != Path(MODEL_INDEX_NAME)]:
+    staged = _files(staging)
+    for relative in [name for name in staged if name != MODEL_INDEX_NAME]:
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / relative, target / relative)
-    stale_weights = weights_file_pattern(variant)
-    for name in component_names:
-        for old in (target / name).iterdir():
-            if old.is_file() and stale_weights.match(old.name) and Path(name, old.name) not in staged:
-                old.unlink()
+    present = [path.relative_to(target).as_posix() for name in component_names for path in (target / name).iterdir()
+               if path.is_file()]
+    for stale in set(variant_weights(present, component_names, variant)) - set(staged):
+        (target / stale).unlink()
     os.replace(staging / MODEL_INDEX_NAME, target / MODEL_INDEX_NAME)
 
 
@@ -104,13 +109,8 @@ def _kept_manifest_entries(folder: Path, component_names: list[str], variant: st
     except ValueError as error:
         logger.warning(f"{error}; it is replaced by the new save's manifest")
         return {}
-    pattern = weights_file_pattern(variant)
-    kept = {}
-    for path, (size, digest) in recorded.items():
-        relative = path.relative_to(folder)
-        if not (len(relative.parts) == 2 and relative.parts[0] in component_names and pattern.match(relative.name)):
-            kept[relative.as_posix()] = {"size": size, "sha256": digest}
-    return kept
+    replaced = set(variant_weights(recorded, component_names, variant))
+    return {name: {"size": size, "sha256": digest} for name, (size, digest) in recorded.items() if name not in replaced}
 
 
 def save_pipeline_folder(
@@ -122,18 +122,15 @@ def save_pipeline_folder(
     num_classes: int | None,
     variant: str | None = None,
     max_shard_size: int | str | None = None,
-    for_hub: bool = False,
 ) -> Path:
     """Write ``pipeline`` with its code, the weights' manifest and a model card (module doc); returns the folder.
 
     A README.md already in the folder is kept unless ``model_card`` is given. Code the Hub could not
-    serve (`check_shipped_code`) is an error when ``for_hub`` is True, a warning otherwise.
+    serve (`check_shipped_code`) is a warning here (hub.py refuses it before pushing).
     """
     from ..pipeline import save_with_code
 
     for problem in check_shipped_code(pipeline):
-        if for_hub:
-            raise CodeLayoutError(problem)
         logger.warning(problem)
     target = Path(save_directory).resolve()
     if target.exists() and not target.is_dir():
@@ -146,8 +143,7 @@ def save_pipeline_folder(
     try:
         save_with_code(pipeline, staging, variant=variant, max_shard_size=max_shard_size)
         components = {name: c for name, c in pipeline.components.items() if c is not None}
-        pattern = weights_file_pattern(variant)
-        weights = [path for name in components for path in (staging / name).iterdir() if pattern.match(path.name)]
+        weights = [staging / name for name in variant_weights(_files(staging), components, variant)]
         write_manifest(staging, weights, keep=_kept_manifest_entries(target, list(components), variant))
         existing_card = target / MODEL_CARD_NAME
         if model_card is not None or not existing_card.exists():
@@ -170,13 +166,14 @@ def save_pipeline_folder(
 
 
 def is_hub_repo_id(name: str | os.PathLike) -> bool:
-    """Whether ``name`` (not an existing path) reads as a Hub repo id ``"namespace/name"``.
-
-    Anything else is meant as a local path: an absolute path or one starting with "." or "~", no or
-    several "/", a Windows separator, or "a/b" where "a" is a local folder.
-    """
+    """Whether ``name`` (not an existing path) reads as a Hub repo id ``"namespace/name"`` (huggingface_hub's
+    ``validate_repo_id``, with the namespace required); "a/b" where "a" is a local folder is a local path."""
     text = os.fspath(name)
-    return isinstance(text, str) and bool(_HUB_REPO_ID.fullmatch(text)) and not Path(text.split("/")[0]).is_dir()
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return text.count("/") == 1 and not Path(text.split("/")[0]).is_dir()
 
 
 def resolve_pretrained_folder(name: str | os.PathLike, **hub_kwargs: Any) -> Path:
@@ -219,19 +216,6 @@ def is_training_checkpoint(folder: Path) -> bool:
 # ---- loading with the installed package -------------------------------------------------------
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """The JSON object in ``path``; a missing file or anything but a JSON object is an error naming it."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} is missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{what} {str(path)!r} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{what} {str(path)!r} must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
 def declared_class_name(index: dict[str, Any]) -> Any:
     """The pipeline class a ``model_index.json`` names: "Name" in a plain diffusers save,
     ["module_stem", "Name"] in a custom-code one."""
@@ -272,16 +256,6 @@ def safetensors_weights_files(folder: Path, variant: str | None) -> list[Path]:
     )
 
 
-def verify_weights(weights: list[Path], manifest_folder: Path) -> None:
-    """Check ``weights`` against ``manifest_folder``'s manifest; warn once about files it does not record."""
-    unverified = verify_files(weights, read_manifest(manifest_folder))
-    if unverified:
-        logger.warning(
-            f"{', '.join(repr(str(path)) for path in unverified)}: no SHA-256 recorded (a folder saved without a "
-            f"{MANIFEST_NAME}, e.g. by ddpm-from-scratch 0.1.0 or stock diffusers), loaded without verifying the bytes"
-        )
-
-
 def _load_component(cls: type, folder: Path, name: str, manifest_folder: Path, model_kwargs: dict[str, Any]) -> Any:
     """Load one component with diffusers' ``from_pretrained`` (a model: verified safetensors only)."""
     config_file = folder / cls.config_name
@@ -294,7 +268,7 @@ def _load_component(cls: type, folder: Path, name: str, manifest_folder: Path, m
         except Exception as error:
             raise ValueError(f"could not build the {name!r} component from {str(config_file)!r}: {error}") from error
     weights = safetensors_weights_files(folder, model_kwargs.get("variant"))
-    verify_weights(weights, manifest_folder)
+    verify_files(manifest_folder, weights)
     try:
         return cls.from_pretrained(folder, use_safetensors=True, **model_kwargs)
     except Exception as error:
@@ -305,15 +279,13 @@ def _components(pipeline_cls: type, folder: Path, skip: set[str], model_kwargs: 
     """The components of a pipeline folder, or of a training checkpoint (unet from unet_ema/ if present)."""
     package = pipeline_cls.__module__.rpartition(".")[0]
     names = [name for name in inspect.signature(pipeline_cls.__init__).parameters if name not in ("self", *skip)]
-    if is_training_checkpoint(folder):  # no model_index.json: each class is named in its config
+    if is_training_checkpoint(folder):  # no model_index.json: the package's classes, named in each config
         index_file = folder
         unet_dir = next(folder / name for name in CHECKPOINT_UNET_FOLDERS if (folder / name).is_dir())
         logger.info(f"loading the {unet_dir.name} weights of training checkpoint {folder}")
-        dirs, index = {"unet": unet_dir, "scheduler": folder / SCHEDULER_DIR}, {}
-        for name, config_name in (("unet", ModelMixin.config_name), ("scheduler", SchedulerMixin.config_name)):
-            class_name = read_json(dirs[name] / config_name, f"{name} config").get("_class_name")
-            in_package = hasattr(importlib.import_module(f"{package}.{name}"), str(class_name))
-            index[name] = [name if in_package else "diffusers", class_name]
+        dirs = {"unet": unet_dir, "scheduler": folder / SCHEDULER_DIR}
+        index = {name: [name, read_json(dirs[name] / config_name, f"{name} config").get("_class_name")]
+                 for name, config_name in (("unet", ModelMixin.config_name), ("scheduler", SchedulerMixin.config_name))}
     else:
         index_file = folder / MODEL_INDEX_NAME
         index, dirs = read_json(index_file, "pipeline index"), {name: folder / name for name in names}
@@ -375,6 +347,6 @@ def load_any_pipeline(path: str | os.PathLike, **hub_kwargs: Any) -> Any:
     index_file = folder / MODEL_INDEX_NAME
     if index_file.is_file() and declared_class_name(read_json(index_file, "pipeline index")) != "ScratchDDPMPipeline":
         for component_dir in sorted(p.parent for p in folder.glob(f"*/{ModelMixin.config_name}")):
-            verify_weights(safetensors_weights_files(component_dir, None), folder)
+            verify_files(folder, safetensors_weights_files(component_dir, None))
         return DiffusionPipeline.from_pretrained(folder, use_safetensors=True)
     return load_pipeline(ScratchDDPMPipeline, path, **hub_kwargs)

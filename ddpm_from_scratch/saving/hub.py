@@ -8,7 +8,8 @@ huggingface_hub's ``HfApi.upload_folder``, refused if any file holds the access 
 3. a fresh save (folder.save_pipeline_folder) in that folder;
 4. ``upload_folder`` with `UPLOAD_ALLOW_PATTERNS` / `UPLOAD_IGNORE_PATTERNS`, whose ``delete_patterns``
    remove the repo's stale weights of the same variant (old shards or .bin files that diffusers could
-   pick up instead of the new ones) in the commit that adds the new files.
+   pick up instead of the new ones; the local save drops the same files, folder.variant_weights)
+   in the commit that adds the new files.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .folder import save_pipeline_folder
+from .folder import save_pipeline_folder, variant_weights
 from .layout import MANIFEST_NAME, MODEL_INDEX_NAME
 from .model_card import MODEL_CARD_NAME, SAMPLE_GRID_NAME, ModelCardInfo
 from .shipped_code import CodeLayoutError, check_shipped_code
@@ -41,15 +42,6 @@ def uploadable_files(folder: str | os.PathLike) -> list[Path]:
     relative = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
     chosen = filter_repo_objects(relative, allow_patterns=UPLOAD_ALLOW_PATTERNS, ignore_patterns=UPLOAD_IGNORE_PATTERNS)
     return [folder / name for name in chosen]
-
-
-def stale_weights_patterns(components: list[str], variant: str | None) -> list[str]:
-    """``delete_patterns`` for the weights of ``variant`` in ``components`` (single file, shards, shard
-    index, safetensors or .bin); ``upload_folder`` keeps the files it uploads anew."""
-    tag = f".{variant}" if variant else ""
-    names = [f"diffusion_pytorch_model{tag}{shard}.{ext}" for shard in ("", "-*-of-*") for ext in ("safetensors", "bin")]
-    names += [f"diffusion_pytorch_model.{ext}.index{tag}.json" for ext in ("safetensors", "bin")]
-    return [f"{component}/{name}" for component in components for name in names]
 
 
 def refuse_token_in_files(files: list[Path], token: str | None) -> None:
@@ -96,12 +88,13 @@ def push_pipeline(
             (folder / name).write_bytes(Path(downloaded).read_bytes())
         save_pipeline_folder(
             pipeline, folder, model_card=model_card, card_repo_id=repo_id, num_classes=num_classes,
-            variant=variant, max_shard_size=max_shard_size, for_hub=True,
+            variant=variant, max_shard_size=max_shard_size,
         )
         refuse_token_in_files(uploadable_files(folder), token)
         components = [name for name, component in pipeline.components.items() if component is not None]
         return api.upload_folder(
             repo_id=repo_id, folder_path=folder, commit_message=commit_message, create_pr=create_pr,
             allow_patterns=UPLOAD_ALLOW_PATTERNS, ignore_patterns=list(UPLOAD_IGNORE_PATTERNS),
-            delete_patterns=stale_weights_patterns(components, variant),
+            # exact names as patterns; upload_folder keeps the files it uploads anew
+            delete_patterns=variant_weights(remote_files, components, variant),
         )

@@ -34,10 +34,11 @@ EMA_STATE_NAME = "ema.json"
 GRAD_SCALER_NAME = "grad_scaler.json"
 CHECKPOINT_STAGING_PREFIX = ".tmp-"
 
+
+def rng_state_names(rank: int) -> tuple[str, str]:
+    """Process ``rank``'s generator states: torch's (safetensors), numpy's and Python's (JSON)."""
+    return f"random_states_{rank}.safetensors", f"random_states_{rank}.json"
+
+
 # ---- pipeline saves ----
 PIPELINE_STAGING_MARKER = ".saving-"  # in the name of the hidden staging folder of a pipeline save
-
-
-def is_pipeline_staging_folder(name: str) -> bool:
-    """Whether ``name`` is the hidden folder an interrupted pipeline save left behind."""
-    return name.startswith(".") and PIPELINE_STAGING_MARKER in name

@@ -18,9 +18,8 @@ Modules, one job each (imports go down this list's dependency order: options fir
     batches           per-image preprocessing and the per-process batch order a resume reproduces
     objective         the training loss (L_simple or hybrid) and the per-update random generator
     ema               the EMA of the weights: diffusers' EMAModel with warmup, and the model carrying it
-    checkpoint_state  the files of a checkpoint, written and read without pickles
-    checkpoints       atomic checkpoint folders, manifests, corruption checks, rotation
-    resume            whether a checkpoint fits this run, and restoring it
+    checkpoints       atomic checkpoint folders (written without pickles), manifests, corruption checks, rotation
+    resume            whether a checkpoint fits this run, and restoring it without unpickling
     divergence        stopping a run whose loss, gradients or weights are not finite
     components        the pipeline, its sample grids, the model card and the upload
     plots             the loss curve PNG (PIL only)

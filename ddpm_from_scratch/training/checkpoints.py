@@ -1,8 +1,10 @@
 """Checkpoint folders that survive being killed at any moment, and that say when they are damaged.
 
-Layout (names in saving/layout.py): <output_dir>/checkpoints/checkpoint-<step>/ holding the files of
-checkpoint_state.py, plus training_state.json (step counters, loss history) and, written last,
-manifest.json (size and SHA-256 of every other file, saving/checksums.py).
+What a checkpoint holds is listed in saving/layout.py: safetensors, JSON, and optimizer.pt (Adam's
+tensors and numbers, read back with torch's weights-only loader), so resuming reads no pickle (resume.py).
+`write_process_files` runs on every process (its RNG states, read back by `restore_rng_states`),
+`write_shared_files` on the main one; `save_checkpoint` adds training_state.json and, last,
+manifest.json (saving/checksums.py).
 
 A save goes to .tmp-checkpoint-<step>/ and is renamed into place only once complete and fsynced;
 a rename is atomic, so a run killed while saving leaves the previous checkpoints as they were and a
@@ -15,24 +17,27 @@ checkpoint exists.
 
 from __future__ import annotations
 
-import json
 import os
+import random
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-from ddpm_from_scratch.saving.atomic_io import write_json_atomic
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ddpm_from_scratch.saving.atomic_io import read_json, write_json_atomic
 from ddpm_from_scratch.saving.checksums import verify_manifest, write_manifest
-from ddpm_from_scratch.saving.layout import (
-    CHECKPOINT_PATTERN,
-    CHECKPOINT_STAGING_PREFIX,
-    CHECKPOINTS_SUBDIR,
-    STATE_NAME,
-    PIPELINE_STAGING_MARKER,
-)
+from ddpm_from_scratch.saving.layout import (CHECKPOINT_PATTERN, CHECKPOINT_STAGING_PREFIX, CHECKPOINTS_SUBDIR,
+                                             EMA_STATE_NAME, EMA_UNET_DIR, GRAD_SCALER_NAME, LR_SCHEDULE_NAME,
+                                             OPTIMIZER_NAME, OPTIONS_NAME, PIPELINE_STAGING_MARKER, SCHEDULER_DIR,
+                                             STATE_NAME, UNET_DIR, rng_state_names)
+
+from .ema import ema_state
 
 CORRUPT_PATTERN = re.compile(r"^checkpoint-(\d+)\.corrupt(-\d+)?$")
 # the first file a pipeline save (saving/folder.py) writes into its staging folder: its code
@@ -66,18 +71,17 @@ def verify_checkpoint(folder: Path) -> list[str]:
 
 
 def read_training_state(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / STATE_NAME).read_text())
+    return read_json(folder / STATE_NAME, "training state")
 
 
 # ---- choosing where to resume --------------------------------------------------------------
 
 
-@dataclass
-class ResumePlan:
+class ResumePlan(NamedTuple):
     """The checkpoint to resume from (None: start fresh) and the newer ones rejected as corrupt."""
 
     path: Path | None
-    rejected: list[tuple[Path, list[str]]] = field(default_factory=list)
+    rejected: Sequence[tuple[Path, list[str]]] = ()
 
 
 def plan_resume(output_dir: str | os.PathLike, requested: str | None) -> ResumePlan:
@@ -129,7 +133,61 @@ def set_aside(path: Path) -> Path:
     return target
 
 
-# ---- saving --------------------------------------------------------------------------------
+# ---- a checkpoint's files (the RNG states are also read back here, next to their writer) ----------------
+
+
+def write_process_files(folder: Path, rank: int) -> None:
+    """This process's RNG states (dropout draws from the global generators)."""
+    tensors_name, json_name = rng_state_names(rank)
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors.update({f"torch_cuda_{index}": state for index, state in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(tensors, str(folder / tensors_name))
+    bit_generator, key, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, python_state, gauss_next = random.getstate()
+    write_json_atomic({
+        "numpy": {"bit_generator": bit_generator, "key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
+        "python": {"version": version, "state": list(python_state), "gauss_next": gauss_next},
+    }, folder / json_name, indent=None)
+
+
+def restore_rng_states(folder: Path, rank: int) -> str | None:
+    """Set the global generators from what `write_process_files` wrote for process ``rank`` (every file is read
+    before any generator is set); returns what could not be restored (None: everything)."""
+    tensors_name, json_name = rng_state_names(rank)
+    if not (folder / tensors_name).is_file() or not (folder / json_name).is_file():
+        written = sorted(p.name for p in folder.glob("random_states_*"))
+        return f"it has no RNG state for process {rank} ({tensors_name}; it holds {written or 'none'})"
+    tensors, saved = load_file(str(folder / tensors_name)), read_json(folder / json_name, "RNG state")
+    numpy_state, python_state = saved["numpy"], saved["python"]
+    cuda_states = [tensors[f"torch_cuda_{i}"] for i in range(sum(key.startswith("torch_cuda_") for key in tensors))]
+    torch.set_rng_state(tensors["torch_cpu"])
+    np.random.set_state((numpy_state["bit_generator"], np.asarray(numpy_state["key"], dtype=np.uint32),
+                         numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
+    if torch.cuda.is_available():
+        if len(cuda_states) != torch.cuda.device_count():
+            return (f"the CUDA generators were saved for {len(cuda_states)} GPU(s), this machine has "
+                    f"{torch.cuda.device_count()}")
+        torch.cuda.set_rng_state_all(cuda_states)
+    return None
+
+
+def write_shared_files(folder: Path, *, unet, optimizer, lr_scheduler, ema, ema_unet, noise_scheduler, grad_scaler,
+                       options: dict[str, Any]) -> None:
+    """Everything every process holds the same copy of (main process only). `unet` is the unwrapped model;
+    `ema` a diffusers EMAModel (None with --no-use_ema) and `ema_unet` a model holding its weights."""
+    unet.save_pretrained(folder / UNET_DIR, safe_serialization=True)
+    if ema is not None:
+        ema_unet.save_pretrained(folder / EMA_UNET_DIR, safe_serialization=True)
+        write_json_atomic(ema_state(ema), folder / EMA_STATE_NAME, indent=1)
+    noise_scheduler.save_config(folder / SCHEDULER_DIR)
+    torch.save(optimizer.state_dict(), folder / OPTIMIZER_NAME)
+    write_json_atomic(lr_scheduler.state_dict(), folder / LR_SCHEDULE_NAME, indent=1)
+    if grad_scaler is not None:
+        write_json_atomic(grad_scaler.state_dict(), folder / GRAD_SCALER_NAME, indent=1)
+    write_json_atomic(options, folder / OPTIONS_NAME, indent=1)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -164,6 +222,9 @@ def save_checkpoint(accelerator, root: Path, step: int, write_files: Callable[[P
         _fsync_dir(root)
     accelerator.wait_for_everyone()
     return final
+
+
+# ---- removing ----------------------------------------------------------------------------------
 
 
 def _remove(path: Path) -> None:
@@ -212,13 +273,9 @@ def remove_pipeline_staging_leftovers(output_dir: str | os.PathLike) -> list[Pat
     """
     target = Path(output_dir).resolve()
     places = [(target.parent, f".{target.name}{PIPELINE_STAGING_MARKER}"), (target, PIPELINE_STAGING_MARKER)]
-    removed = []
-    for folder, prefix in places:
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            if path.name.startswith(prefix) and path.is_dir() and (
-                    not any(path.iterdir()) or (path / PIPELINE_STAGING_FIRST_FILE).is_file()):
-                shutil.rmtree(path)
-                removed.append(path)
+    removed = [path for folder, prefix in places if folder.is_dir() for path in folder.iterdir()
+               if path.name.startswith(prefix) and path.is_dir()
+               and (not any(path.iterdir()) or (path / PIPELINE_STAGING_FIRST_FILE).is_file())]
+    for path in removed:
+        shutil.rmtree(path)
     return removed

@@ -1,32 +1,35 @@
-"""Whether a checkpoint can be continued with this run's options, data and model, checked before training.
+"""Continuing a checkpoint: checked against this run's options, data and model before any weight is
+loaded, then loaded without ever running code from its files.
 
 Options that change what the model computes (its architecture, the noise schedule, what it predicts)
 are refused: the saved weights would be trained towards another target. Options that only change
 how it is trained from here on (learning rate, batch size, EMA decay, ...) are allowed, with a warning
-stating the old and new value. A checkpoint of version 0.1.0 is refused (checkpoint_state.check_loadable).
+stating the old and new value. A checkpoint of version 0.1.0 (accelerate's save_state: model.safetensors
+and pickles) is refused in one line: its training state is pickled, and this version reads no pickle.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.utils import CONFIG_NAME
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME as WEIGHTS_NAME
+from safetensors.torch import load_file
 
-from ddpm_from_scratch.saving.layout import OPTIONS_NAME
+from ddpm_from_scratch.saving.atomic_io import read_json
+from ddpm_from_scratch.saving.layout import (EMA_STATE_NAME, EMA_UNET_DIR, GRAD_SCALER_NAME, LR_SCHEDULE_NAME,
+                                             OPTIMIZER_NAME, OPTIONS_NAME, UNET_DIR)
 
-from .checkpoint_state import check_loadable, load_checkpoint, read_json, saved_unet
-from .checkpoints import (
-    list_checkpoints,
-    plan_resume,
-    read_training_state,
-    remove_pipeline_staging_leftovers,
-    remove_staging_leftovers,
-    set_aside,
-)
+from .checkpoints import (list_checkpoints, plan_resume, read_training_state, remove_pipeline_staging_leftovers,
+                          remove_staging_leftovers, restore_rng_states, set_aside)
+from .ema import load_ema
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +47,30 @@ ADJUSTABLE_OPTIONS = ("learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_
 CONFIG_KEY_OPTIONS = {"sample_size": "--resolution", "num_class_embeds": "--class_conditional (or the dataset's "
                       "number of classes)", "out_channels": "--variance_type", "in_channels": "the data's channels"}
 CONFIG_KEYS_THAT_MAY_CHANGE = ("dropout",)
+# the weights file of a 0.1.0 checkpoint (accelerate's save_state), whose other files are pickles
+V0_1_0_WEIGHTS_NAME = "model.safetensors"
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file holds something other than tensors and plain data (it was not run)."""
+
+
+# ---- checks, before any weight is loaded ---------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON gives it back (tuples become lists), so saved and built values compare."""
+    return json.loads(json.dumps(value))
+
+
+def _changed(saved: dict[str, Any], current: dict[str, Any], names) -> list[str]:
+    """The ``names`` whose value in ``current`` differs from ``saved``; one ``saved`` lacks is not compared."""
+    return [name for name in names if name in saved and _plain(saved[name]) != _plain(current.get(name))]
 
 
 def check_options(saved: dict[str, Any], options: dict[str, Any], checkpoint: str) -> list[str]:
     """Raise ValueError for changed model-defining options; return a warning per changed adjustable one."""
-    refused = [name for name in MODEL_DEFINING_OPTIONS if name in saved and saved.get(name) != options.get(name)]
+    refused = _changed(saved, options, MODEL_DEFINING_OPTIONS)
     if refused:
         details = "; ".join(f"{_flag(name)}: the checkpoint has {saved[name]!r}, this run {options.get(name)!r}"
                             for name in refused)
@@ -59,7 +81,7 @@ def check_options(saved: dict[str, Any], options: dict[str, Any], checkpoint: st
             "--output_dir, or --overwrite_output_dir to delete these checkpoints)"
         )
     return [f"--{name} changed since {checkpoint}: it had {saved[name]!r}, this run uses {options.get(name)!r} "
-            "from here on" for name in ADJUSTABLE_OPTIONS if name in saved and saved[name] != options.get(name)]
+            "from here on" for name in _changed(saved, options, ADJUSTABLE_OPTIONS)]
 
 
 def _flag(name: str) -> str:
@@ -83,15 +105,18 @@ def check_run_length(done: int, max_train_steps: int, checkpoint: str, by_epochs
         )
 
 
-def check_architecture(saved_config: dict[str, Any], saved_shapes: dict[str, tuple[int, ...]],
-                       model: torch.nn.Module, num_channels: int, checkpoint: str) -> None:
-    """Raise ValueError, before any weight is loaded, when the checkpoint's UNet is not this run's."""
+def check_architecture(saved_config: dict[str, Any], model: torch.nn.Module, num_channels: int,
+                       checkpoint: str) -> None:
+    """Raise ValueError when the checkpoint's UNet config is not this run's (the same config of the same
+    class builds the same tensors, and the weights match their config: the manifest verified them)."""
+    channels = {1: "grey", 3: "RGB", 4: "RGBA"}
     saved_channels = saved_config.get("in_channels")
     if saved_channels != num_channels:
         raise ValueError(
             f"cannot resume from {checkpoint}: its UNet takes {saved_channels}-channel images, the training data "
-            f"has {num_channels} channel(s) ({_channel_words(saved_channels)} vs {_channel_words(num_channels)}); "
-            "resume on data with the checkpoint's channels, or start a new run in another --output_dir"
+            f"has {num_channels} channel(s) ({channels.get(saved_channels, f'{saved_channels} channels')} vs "
+            f"{channels.get(num_channels, f'{num_channels} channels')}); resume on data with the checkpoint's "
+            "channels, or start a new run in another --output_dir"
         )
     config = dict(model.config)
     changed = [key for key in sorted(set(saved_config) | set(config)) if not key.startswith("_")
@@ -101,21 +126,22 @@ def check_architecture(saved_config: dict[str, Any], saved_shapes: dict[str, tup
                             f"has {saved_config.get(key)!r}, this run {config.get(key)!r}" for key in changed)
         raise ValueError(f"cannot resume from {checkpoint}: its UNet differs from this run's: {details}; "
                          "start a new run in another --output_dir")
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    mismatched = sorted(key for key in set(expected) | set(saved_shapes) if expected.get(key) != saved_shapes.get(key))
-    if mismatched:
-        details = ", ".join(f"{key}: {saved_shapes.get(key)} saved, {expected.get(key)} here" for key in mismatched[:5])
-        raise ValueError(f"cannot resume from {checkpoint}: its weights do not fit this run's UNet "
-                         f"({len(mismatched)} tensors differ, e.g. {details}); start a new run in another --output_dir")
 
 
-def _channel_words(channels: int) -> str:
-    return {1: "grey", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels} channels")
+def check_loadable(folder: Path) -> None:
+    """Raise ValueError, in one line, for a folder this version cannot resume from (0.1.0, or no weights)."""
+    if (folder / UNET_DIR / WEIGHTS_NAME).is_file():
+        return
+    if (folder / V0_1_0_WEIGHTS_NAME).is_file():
+        raise ValueError(
+            f"checkpoint {folder.name} was written by ddpm-from-scratch 0.1.0, whose training state (pickles) cannot "
+            f"be resumed by this version; start a new run (another --output_dir), or use its weights: "
+            f"{V0_1_0_WEIGHTS_NAME} still loads with safetensors into a ScratchUNet2DModel of that run's config"
+        )
+    raise ValueError(f"{folder} holds no {UNET_DIR}/{WEIGHTS_NAME}: it is not a checkpoint of this trainer")
 
 
-def _plain(value: Any) -> Any:
-    """A config value as JSON gives it back (tuples become lists), so saved and built configs compare."""
-    return json.loads(json.dumps(value))
+# ---- choosing the checkpoint ----------------------------------------------------------------------------
 
 
 def agree_on_checkpoint(accelerator, opts, root: Path) -> Path | None:
@@ -163,20 +189,70 @@ def choose_checkpoint(opts, root: Path) -> Path | None:
     return plan.path
 
 
+# ---- loading: safetensors, JSON, and torch's weights-only format -----------------------------------------
+
+
+def load_weights_only(path: Path) -> Any:
+    """torch.load that accepts tensors and plain Python data only."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+        raise UnsafeCheckpointError(
+            f"{path} holds objects other than tensors and plain data, so it was not loaded (loading it could "
+            f"run code{f'; it asks for {refused.group(1)}' if refused else ''})"
+        ) from error
+
+
+def load_checkpoint(folder: Path, rank: int, *, unet, optimizer, lr_scheduler, ema, ema_unet, grad_scaler) -> None:
+    """Load a checkpoint into the run's objects (after the checks above); a WARNING for what it could not restore.
+
+    Adam's hyperparameters and the base learning rate are this run's (they may change on resume);
+    its moments, the schedule's position and the EMA are the checkpoint's.
+    """
+    optimizer_state = load_weights_only(folder / OPTIMIZER_NAME)  # refused before anything is changed
+    unet.load_state_dict(load_file(str(folder / UNET_DIR / WEIGHTS_NAME)))
+    fresh = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(optimizer_state)
+    lr_scheduler.load_state_dict(read_json(folder / LR_SCHEDULE_NAME, "LR schedule state"))
+    lr_scheduler.base_lrs = [settings["initial_lr"] for settings in fresh]
+    for group, settings, lr_lambda in zip(optimizer.param_groups, fresh, lr_scheduler.lr_lambdas):
+        group.update(settings)
+        group["lr"] = settings["initial_lr"] * lr_lambda(lr_scheduler.last_epoch)  # as LambdaLR.step computes it
+    lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    if ema is not None:
+        if (folder / EMA_UNET_DIR / WEIGHTS_NAME).is_file():
+            load_ema(ema, ema_unet, load_file(str(folder / EMA_UNET_DIR / WEIGHTS_NAME)),
+                     int(read_json(folder / EMA_STATE_NAME, "EMA state")["num_updates"]))
+        else:
+            logger.warning("%s has no EMA (trained with --no-use_ema); starting the EMA from its weights", folder.name)
+            load_ema(ema, ema_unet, unet.state_dict(), 0)
+    if grad_scaler is not None and (folder / GRAD_SCALER_NAME).is_file():
+        grad_scaler.load_state_dict(read_json(folder / GRAD_SCALER_NAME, "loss scale state"))
+    problem = restore_rng_states(folder, rank)
+    if problem is not None:
+        logger.warning("the random number generators were not restored from %s: %s. Dropout and other global "
+                       "random draws now differ from an uninterrupted run, so this run is no longer bit-reproducible",
+                       folder.name, problem)
+
+
 def restore_checkpoint(path: Path, opts, accelerator, unet, optimizer, lr_scheduler, ema, ema_unet, *,
                        num_channels: int, max_train_steps: int) -> dict[str, Any]:
     """Check the checkpoint against this run (ValueError before any weight is loaded), load it into the
     run's objects (every process), log a WARNING for each change; returns its training_state.json."""
     check_loadable(path)
-    state = read_training_state(path)
-    for warning in check_options(read_json(path / OPTIONS_NAME), opts.for_model_card(), path.name):
+    try:
+        state, saved_options = read_training_state(path), read_json(path / OPTIONS_NAME, "training options")
+        saved_config = read_json(path / UNET_DIR / CONFIG_NAME, "UNet config")
+    except FileNotFoundError as error:  # refused in one line, like every other reason not to resume
+        raise ValueError(f"cannot resume from {path.name}: {error}") from error
+    for warning in check_options(saved_options, opts.for_model_card(), path.name):
         logger.warning(warning)
     check_run_length(state["global_step"], max_train_steps, path.name, "num_epochs" in opts.explicit)
     model = accelerator.unwrap_model(unet)
-    check_architecture(*saved_unet(path), model, num_channels, path.name)
-    for warning in load_checkpoint(path, accelerator.process_index, unet=model, optimizer=optimizer,
-                                   lr_scheduler=lr_scheduler, ema=ema, ema_unet=ema_unet, grad_scaler=accelerator.scaler):
-        logger.warning(warning)
+    check_architecture(saved_config, model, num_channels, path.name)
+    load_checkpoint(path, accelerator.process_index, unet=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                    ema=ema, ema_unet=ema_unet, grad_scaler=accelerator.scaler)
     return state
 
 

@@ -33,8 +33,8 @@ from ddpm_from_scratch.saving.atomic_io import write_json_atomic
 
 from .accelerate_setup import log_sample_grid, make_accelerator, report_setup_error, tracker_config
 from .batches import PreloadedImages, ShardedEpochOrder, fits_in_memory, iterate_micro_batches
-from .checkpoint_state import write_process_files, write_shared_files
-from .checkpoints import checkpoints_root, list_checkpoints, prune_checkpoints, save_checkpoint
+from .checkpoints import (checkpoints_root, list_checkpoints, prune_checkpoints, save_checkpoint, write_process_files,
+                          write_shared_files)
 from .components import build_pipeline, digits_sample_quality, grid_of, push_pipeline, run_model_card, sample_images
 from .config import parse_options
 from .data import TrainingData, prepare_training_data
