@@ -7,5 +7,6 @@
     ddpm-estimate-variance   estimate_variance.py  Analytic-DPM's statistic for variance_type="analytic"
     python -m ddpm_from_scratch.cli.digits_reference   digits_reference.py   the real-digit reference tables
 
-    args.py   what the commands share: argument types, the device, output-path checks, one-line errors
+    editing.py  ddpm-sample's --image / --mask / --strength: inpainting and image-to-image
+    args.py     what the commands share: argument types, the device, output-path checks, one-line errors
 """

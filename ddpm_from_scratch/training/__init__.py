@@ -25,7 +25,7 @@ Modules, one job each (imports go down this list's dependency order: options fir
     plots             the loss curve PNG (PIL only)
     accelerate_setup  the Accelerator, logging, trackers, torchrun's error file
     trainer           the loop that ties them together, and the command line's entry point
-configs/ holds example accelerate configs; assets/ the samples and loss curve of the default digits run.
+The repository's training/train.py is the script `accelerate launch` runs; training/configs/ holds accelerate configs.
 """
 
 from __future__ import annotations
