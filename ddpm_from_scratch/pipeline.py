@@ -477,7 +477,7 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         else:
             saving.save_pipeline_folder(
                 self, save_directory, model_card=model_card, card_repo_id=None, num_classes=self._num_classes(),
-                variant=variant, max_shard_size=max_shard_size,
+                variant=variant, max_shard_size=max_shard_size, token=push_kwargs.get("token"),
             )
         if push_to_hub:
             repo_id = push_kwargs.pop("repo_id", Path(save_directory).resolve().name)

@@ -37,15 +37,26 @@ and sample with classifier-free guidance eps = eps(x, t, null) + w (eps(x, t, y)
 With `out_channels == 2 * in_channels` the second half of the output is the variance interpolation
 `v` of Nichol & Dhariwal (schedulers' `variance_type="learned_range"`).
 
+A model folder written by `save_pretrained` holds ``manifest.json``, the size and SHA-256 of its
+weights files, and `from_pretrained` checks a local folder against it (or against the pipeline's or
+checkpoint's manifest one folder up, for a ``subfolder``) before diffusers reads the weights:
+safetensors checks a file's header, not its tensor bytes. The format is
+ddpm_from_scratch.saving.checksums's, ``{"format": 1, "files": {"relative/path": {"size", "sha256"}}}``;
+it is written and read here with hashlib and json because this file ships alone.
+
 Remote-code rule: this file is copied into saved pipelines, so it imports only stdlib/torch/diffusers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import math
 import numbers
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -245,6 +256,55 @@ def _attention_levels(sample_size: Any, channels: tuple, attention_resolutions: 
     return [res in attention_resolutions for res in level_resolutions]
 
 
+# ---- the weights' checksums (module doc) ----
+MANIFEST_NAME = "manifest.json"
+WEIGHTS_PREFIX = "diffusion_pytorch_model"  # diffusers' weights, shards and shard indexes of every variant
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_weights_manifest(folder: Path) -> None:
+    """``folder/manifest.json``: the size and SHA-256 of every weights file in ``folder``, written atomically."""
+    files = {path.name: {"size": path.stat().st_size, "sha256": _sha256(path)}
+             for path in sorted(folder.iterdir()) if path.name.startswith(WEIGHTS_PREFIX) and path.is_file()}
+    staged = folder / f".{MANIFEST_NAME}.tmp"
+    staged.write_text(json.dumps({"format": 1, "files": files}, indent=1), encoding="utf-8")
+    os.replace(staged, folder / MANIFEST_NAME)
+
+
+def check_weights(root: Path, subfolder: str) -> None:
+    """Before loading the model folder ``root/subfolder``: an OSError naming the folder and the file expected
+    if it has no weights, or naming the file if a weights file differs from its entry in the folder's
+    manifest (else, for a subfolder, the pipeline's or checkpoint's manifest in ``root``)."""
+    folder = root / subfolder
+    if not any(path.name.startswith(WEIGHTS_PREFIX) for path in folder.iterdir()):
+        raise OSError(f"model folder {str(folder)!r} has no weights: expected {WEIGHTS_PREFIX}.safetensors "
+                      f"(or its shards and {WEIGHTS_PREFIX}.safetensors.index.json)")
+    candidates = [(folder, "")] + ([(root, f"{Path(subfolder).as_posix()}/")] if subfolder else [])
+    base, prefix = next(((b, p) for b, p in candidates if (b / MANIFEST_NAME).is_file()), (None, ""))
+    if base is None:
+        return  # saved without checksums (stock diffusers, ddpm-from-scratch 0.1.0): loaded as it is
+    manifest = base / MANIFEST_NAME
+    try:
+        entries = {name: (entry["size"], entry["sha256"])
+                   for name, entry in json.loads(manifest.read_text(encoding="utf-8"))["files"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise OSError(f"manifest {str(manifest)!r} is malformed: {error!r}") from error
+    for name, (size, digest) in entries.items():
+        path = base / name
+        if (name.startswith(prefix) and path.name.startswith(WEIGHTS_PREFIX) and path.is_file()
+                and (path.stat().st_size != size or _sha256(path) != digest)):
+            raise OSError(f"weights file {str(path)!r} is corrupted: it does not match its size and SHA-256 in "
+                          f"{str(manifest)!r} (damaged on disk or in transfer since it was saved): save or "
+                          "download it again")
+
+
 class ScratchUNet2DModel(ModelMixin, ConfigMixin):
     """The DDPM U-Net (see the module docstring), a drop-in for diffusers' `UNet2DModel` in DDPM pipelines.
 
@@ -417,6 +477,32 @@ class ScratchUNet2DModel(ModelMixin, ConfigMixin):
         zero_init += [m.proj_out for m in self.modules() if isinstance(m, SelfAttention)]
         for module in zero_init:
             nn.init.zeros_(module.weight)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str = "10GB",
+        **kwargs: Any,
+    ) -> None:
+        """diffusers' ``ModelMixin.save_pretrained``, then the weights' ``manifest.json`` (module doc).
+
+        The keywords are spelled out: a pipeline's save passes only those its components' signatures name.
+        """
+        super().save_pretrained(save_directory, is_main_process=is_main_process, safe_serialization=safe_serialization,
+                                variant=variant, max_shard_size=max_shard_size, **kwargs)
+        if is_main_process:
+            write_weights_manifest(Path(save_directory))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, **kwargs: Any) -> Any:
+        """diffusers' ``ModelMixin.from_pretrained``; a local folder's weights are checked first (`check_weights`)."""
+        subfolder = kwargs.get("subfolder") or ""
+        if pretrained_model_name_or_path is not None and os.path.isdir(Path(pretrained_model_name_or_path, subfolder)):
+            check_weights(Path(pretrained_model_name_or_path), subfolder)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ScratchUNet2DModel":

@@ -1,12 +1,17 @@
 """Run ddpm_from_scratch.training.trainer's command line with test-side patches, in a fresh process.
 
     python tests/_train_launcher.py [--kill-after-checkpoint STEP] [--kill-while-checkpointing STEP]
+                                    [--kill-after-staged-files STEP K] [--kill-during-update N]
                                     [--kill-while-saving-pipeline] [--nan-loss-at-update N]
                                     [--forbid-unsafe-loads] [--digits-unet-config CONFIG_JSON] -- TRAIN OPTIONS...
 
 --kill-after-checkpoint STEP      SIGKILL once checkpoint-STEP is committed (renamed into place)
 --kill-while-checkpointing STEP   SIGKILL while checkpoint-STEP is being saved: its training state is
                                   written, its manifest is not, and it is still in the staging folder
+--kill-after-staged-files STEP K  SIGKILL while checkpoint-STEP is staged, once its staging folder holds K
+                                  complete files (0: right after it was created), before the next file is
+                                  begun or the folder renamed; K = all its files kills just before the rename
+--kill-during-update N            SIGKILL during optimizer update N (1-based), at its first forward pass
 --kill-while-saving-pipeline      SIGKILL during the final pipeline save, once its staging folder holds the
                                   pipeline code and the UNet (nothing has been moved into output_dir yet)
 --nan-loss-at-update N            make the loss of optimizer update N (1-based) NaN
@@ -48,6 +53,25 @@ def install_patches(args: argparse.Namespace) -> None:
             return write_manifest(folder, *manifest_args, **manifest_kwargs)
 
         checkpoints.write_manifest = write_manifest_or_die  # save_checkpoint looks it up in its module
+
+    if args.kill_after_staged_files is not None:
+        _kill_after_staged_files(*args.kill_after_staged_files)
+
+    if args.kill_during_update is not None:
+        update, loss_of = train.Trainer._update, train.diffusion_loss
+        current = {"update": 0}
+
+        def update_counted(self, stream):
+            current["update"] = self.global_step + 1
+            return update(self, stream)
+
+        def diffusion_loss_or_die(*loss_args, **loss_kwargs):
+            if current["update"] == args.kill_during_update:
+                _kill_self()
+            return loss_of(*loss_args, **loss_kwargs)
+
+        train.Trainer._update = update_counted
+        train.diffusion_loss = diffusion_loss_or_die
 
     if args.kill_after_checkpoint is not None:
         save_checkpoint = train.save_checkpoint
@@ -99,6 +123,43 @@ def install_patches(args: argparse.Namespace) -> None:
         UNET_PRESETS["digits"] = config  # the same dict object ddpm_from_scratch.training.model reads
 
 
+def _kill_after_staged_files(step: int, count: int) -> None:
+    """SIGKILL once .tmp-checkpoint-<step> holds `count` complete files, checked whenever a file is about to be
+    opened, renamed or written by safetensors or torch.save (the writers that open no file through Python):
+    the moment before the next file is begun, or before the folder is renamed into place."""
+    import safetensors.torch
+    import torch
+
+    import ddpm_from_scratch.training.checkpoints as checkpoints
+    from ddpm_from_scratch.saving.layout import CHECKPOINT_STAGING_PREFIX
+
+    staging_name = f"{CHECKPOINT_STAGING_PREFIX}checkpoint-{step}"
+
+    def check() -> None:
+        for root in (os.path.join(directory, "checkpoints", staging_name) for directory in output_dirs):
+            if os.path.isdir(root):
+                complete = [name for _, _, names in os.walk(root) for name in names
+                            if not (name.startswith(".") and name.endswith(".tmp"))]  # atomic_io's temporaries
+                if len(complete) >= count:
+                    _kill_self()
+
+    def audit(event: str, _args) -> None:
+        if event in ("open", "os.rename", "os.replace"):
+            check()
+
+    def checked(write):
+        def write_after_check(*write_args, **write_kwargs):
+            check()
+            return write(*write_args, **write_kwargs)
+        return write_after_check
+
+    output_dirs = [sys.argv[sys.argv.index("--output_dir") + 1]] if "--output_dir" in sys.argv else []
+    safetensors.torch.save_file = checked(safetensors.torch.save_file)  # diffusers' save_pretrained
+    checkpoints.save_file = checked(checkpoints.save_file)  # imported by name
+    torch.save = checked(torch.save)
+    sys.addaudithook(audit)
+
+
 class UnsafeLoadAttempted(AssertionError):
     pass
 
@@ -135,6 +196,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="_train_launcher.py")
     parser.add_argument("--kill-after-checkpoint", type=int, default=None)
     parser.add_argument("--kill-while-checkpointing", type=int, default=None)
+    parser.add_argument("--kill-after-staged-files", type=int, nargs=2, default=None, metavar=("STEP", "K"))
+    parser.add_argument("--kill-during-update", type=int, default=None)
     parser.add_argument("--kill-while-saving-pipeline", action="store_true")
     parser.add_argument("--nan-loss-at-update", type=int, default=None)
     parser.add_argument("--forbid-unsafe-loads", action="store_true")

@@ -80,3 +80,19 @@ def test_folders_it_cannot_use_are_reported(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(stock), *ARGS, "--set-default"])
     assert "--set-default needs a saved ScratchDDPMScheduler" in capsys.readouterr().err
+
+
+def test_out_writes_a_new_pipeline_and_leaves_the_folder_as_it_was(saved, tmp_path, capsys):
+    before = {p.relative_to(saved).as_posix(): p.read_bytes() for p in saved.rglob("*") if p.is_file()}
+    out = tmp_path / "with-estimate"
+    assert main([str(saved), *ARGS, "--out", str(out), "--set-default"]) == 0
+    assert f"wrote analytic_eps_sq_mean to {out / 'scheduler' / 'scheduler_config.json'}" in capsys.readouterr().out
+    assert {p.relative_to(saved).as_posix(): p.read_bytes() for p in saved.rglob("*") if p.is_file()} == before
+    estimated = ScratchDDPMPipeline.from_pretrained(out)  # its weights verify against its own manifest
+    assert estimated.scheduler.config.variance_type == "analytic"
+    assert len(estimated.scheduler.config.analytic_eps_sq_mean) == 50
+    # nothing is overwritten: --out must be new or empty, checked before the estimate
+    for taken in (out, saved / "model_index.json"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(saved), *ARGS, "--out", str(taken)])
+        assert exit_info.value.code == 1 and f"--out '{taken}' is " in capsys.readouterr().err

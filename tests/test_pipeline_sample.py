@@ -129,6 +129,16 @@ def test_cuda_without_cuda_is_a_clear_error():
     assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
 
 
+@pytest.mark.parametrize("name", ["bogus", "cuda:x", "cpu:-1", "", "gpu0"])
+def test_a_bogus_device_string_names_the_argument_and_the_allowed_forms(name):
+    with pytest.raises(ValueError) as error:
+        resolve_device(name)
+    assert str(error.value) == (
+        f"--device {name!r} is not a torch device; allowed forms: auto, cpu, cuda, cuda:N (N a GPU index), mps, "
+        "or another torch device type such as xpu"
+    )
+
+
 def test_a_write_error_names_the_path_the_user_gave(saved, tmp_path, capsys, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / ".g.png.abc123.tmp"))

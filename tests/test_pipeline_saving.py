@@ -598,6 +598,31 @@ def test_a_damaged_checkpoint_is_refused_and_one_without_manifest_warns(tmp_path
     with pytest.raises(WeightsChecksumError, match=r"unet_ema/diffusion_pytorch_model\.safetensors' is corrupted"):
         ScratchDDPMPipeline.from_pretrained(folder)
     (folder / "manifest.json").unlink()
+    # the model folder's own manifest (ScratchUNet2DModel.save_pretrained) still catches it
+    with pytest.raises(OSError, match=r"unet_ema/diffusion_pytorch_model\.safetensors' is corrupted"):
+        ScratchDDPMPipeline.from_pretrained(folder)
+    for nested in folder.glob("*/manifest.json"):  # a checkpoint saved without any checksum (0.1.0)
+        nested.unlink()
     with caplog.at_level(logging.WARNING, logger="ddpm_from_scratch.saving.checksums"):
         ScratchDDPMPipeline.from_pretrained(folder)
     assert "unet_ema/diffusion_pytorch_model.safetensors': no SHA-256 recorded" in caplog.text
+
+
+# ---- the access token never reaches a local save -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given", ["env", "argument"])
+def test_a_card_holding_the_access_token_is_refused_before_the_folder_is_written(original, tmp_path, monkeypatch, given):
+    token = "hf_" + "Secret" * 6
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token of the user's
+    leaky = ModelCardInfo(description=f"trained on my laptop, token {token}")
+    if given == "env":
+        monkeypatch.setenv("HF_TOKEN", token)
+    target = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"refusing to save: README\.md .* contains the Hub access token") as error:
+        original.save_pretrained(target, model_card=leaky, **({"token": token} if given == "argument" else {}))
+    assert token not in str(error.value)
+    assert not list(target.rglob("*")) and [p.name for p in tmp_path.iterdir() if p.name != "hf_home"] == ["out"]
+    original.save_pretrained(target, model_card=ModelCardInfo(description="trained on my laptop"))  # no token: saved
+    assert token not in (target / "README.md").read_text()

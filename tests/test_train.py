@@ -721,3 +721,40 @@ def test_fit_trains_from_python_and_returns_the_output_folder(tmp_path):
         fit(learning_rat=1e-3)
     with pytest.raises(ValueError, match="--max_train_steps must be a positive integer"):
         fit(output_dir=str(tmp_path / "x"), max_train_steps=0)
+
+
+# ---- a run killed while its first checkpoint was staged --------------------------------------------
+
+
+def test_a_folder_holding_only_checkpoint_staging_folders_is_a_previous_run(tmp_path):
+    from ddpm_from_scratch.training.output_dir import foreign_outputs
+
+    out = tmp_path / "killed-at-first-checkpoint"
+    staging = out / "checkpoints" / f"{layout.CHECKPOINT_STAGING_PREFIX}checkpoint-5"
+    staging.mkdir(parents=True)
+    (staging / "random_states_0.json").write_text("{}")
+    assert foreign_outputs(parse_options(["--output_dir", str(out), "--resume_from_checkpoint", "latest"])) == []
+    # anything else in checkpoints/ (a user's file, a look-alike name) keeps the folder foreign
+    for other in ("notes.txt", f"{layout.CHECKPOINT_STAGING_PREFIX}checkpoint-five"):
+        (out / "checkpoints" / other).mkdir()
+        assert foreign_outputs(parse_options(["--output_dir", str(out)])) == ["checkpoints/"]
+        (out / "checkpoints" / other).rmdir()
+
+
+# ---- 8-bit data in a 32-bit integer (mode I) image ---------------------------------------------------
+
+
+def test_a_mode_i_image_holding_8_bit_values_is_refused_with_the_file_named(tmp_path):
+    from PIL import Image
+
+    folder = write_digit_folder(tmp_path / "data", 4)
+    widened = Image.fromarray(_gradient(np.uint8, 255)).convert("I")  # 0..255 in 32 bits: nearly black as 16-bit
+    assert widened.mode == "I"
+    widened.save(folder / "widened.tiff")
+    opts = parse_options(["--train_data_dir", str(folder), "--cache_dir", str(tmp_path / "cache")])
+    with pytest.raises(ValueError, match=r"image .*widened\.tiff: mode I pixels are read as 16-bit values in "
+                                         r"\[0, 65535\], but this image holds values in \[0, 255\] only, the range "
+                                         r"of 8-bit data, which would train as nearly black; save 8-bit data as mode L"):
+        prepare_training_data(opts)
+    Image.fromarray(np.zeros((8, 8), np.int32)).save(folder / "widened.tiff")  # black reads the same at any depth
+    assert prepare_training_data(opts).num_channels == 1

@@ -7,6 +7,7 @@ every other run starts from a copy of it.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import tempfile
@@ -27,6 +28,7 @@ from _train_fixtures import (
     write_digit_folder,
 )
 from ddpm_from_scratch.saving import layout
+from ddpm_from_scratch.saving.checksums import write_manifest
 from ddpm_from_scratch.training import checkpoints as ckpt
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "training_v0_1_0"
@@ -86,8 +88,8 @@ def test_a_checkpoint_folder_is_a_diffusers_model_with_safe_training_state(base)
     folder = base["out"] / "checkpoints" / f"checkpoint-{STEPS}"
     files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     assert files == {
-        "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-        "unet_ema/config.json", "unet_ema/diffusion_pytorch_model.safetensors",
+        "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "unet/manifest.json",
+        "unet_ema/config.json", "unet_ema/diffusion_pytorch_model.safetensors", "unet_ema/manifest.json",
         "scheduler/scheduler_config.json", "optimizer.pt", "lr_scheduler.json", "ema.json",
         "random_states_0.safetensors", "random_states_0.json", "training_options.json", "training_state.json",
         "manifest.json",
@@ -186,6 +188,19 @@ def test_a_hostile_file_is_refused_and_not_run(hostile_runs):
 # ---- what a resume refuses and warns about --------------------------------------------------------
 
 
+def _edit_json(folder: Path, name: str, key: str, value) -> None:
+    """Set (None: delete) `key` of the JSON file folder/name and regenerate the folder's manifest, as a
+    deliberate edit would: the checkpoint still verifies."""
+    path = folder / name
+    data = json.loads(path.read_text())
+    if value is None:
+        del data[key]
+    else:
+        data[key] = value
+    path.write_text(json.dumps(data))
+    write_manifest(folder)
+
+
 @pytest.fixture(scope="module")
 def changed_runs(base):
     root = base["root"]
@@ -194,7 +209,13 @@ def changed_runs(base):
     for path in (no_rng / "checkpoints" / f"checkpoint-{STEPS}").glob("random_states_0.*"):
         path.unlink()
     ckpt.write_manifest(no_rng / "checkpoints" / f"checkpoint-{STEPS}")
+    bad_rng = _copy(base, "bad_rng")
+    _edit_json(bad_rng / "checkpoints" / f"checkpoint-{STEPS}", "random_states_0.json", "numpy", None)
+    parts = _copy(base, "parts")  # its options say v_prediction, its scheduler (what it was trained for) epsilon
+    _edit_json(parts / "checkpoints" / f"checkpoint-{STEPS}", layout.OPTIONS_NAME, "prediction_type", "v_prediction")
     commands = {
+        "bad_rng": _resume_args(base, bad_rng),
+        "parts": _resume_args(base, parts) + ["--prediction_type", "v_prediction"],
         "prediction_type": _resume_args(base, _copy(base, "v")) + ["--prediction_type", "v_prediction"],
         "shorter": _resume_args(base, _copy(base, "shorter"), STEPS - 1),
         "rgb": [arg if arg != base["args"][base["args"].index("--train_data_dir") + 1] else str(rgb)
@@ -246,6 +267,70 @@ def test_a_missing_rng_state_is_a_warning(changed_runs):
     assert ("WARNING ddpm_from_scratch.training.resume: the random number generators were not restored from "
             f"checkpoint-{STEPS}: it has no RNG state for process 0") in result.stderr
     assert "no longer bit-reproducible" in result.stderr
+
+
+@pytest.mark.slow
+def test_an_unreadable_rng_state_is_refused_naming_the_file(changed_runs, base):
+    result = changed_runs["bad_rng"]
+    assert result.returncode == 2, result.stderr[-3000:]
+    path = base["root"] / "bad_rng" / "checkpoints" / f"checkpoint-{STEPS}" / "random_states_0.json"
+    assert (f"cannot resume from checkpoint-{STEPS}: its RNG state {path} cannot be read (it lacks 'numpy'); "
+            "resume from another checkpoint (--resume_from_checkpoint checkpoint-<step>), or start a new run") \
+        in result.stderr
+    assert "Traceback" not in result.stderr and "KeyError" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_checkpoint_whose_parts_disagree_is_refused(changed_runs, base):
+    result = changed_runs["parts"]
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "its files disagree" in line]
+    assert lines == [f"train.py: error: cannot resume from checkpoint-{STEPS}: its files disagree: prediction_type is "
+                     "'v_prediction' in training_options.json but 'epsilon' in scheduler/scheduler_config.json; the "
+                     "checkpoint was edited or mixed from different runs, so what its weights were trained for is "
+                     "unknown: resume from another checkpoint (--resume_from_checkpoint checkpoint-<step>), or start "
+                     "a new run in another --output_dir"], result.stderr[-3000:]
+    assert not (base["root"] / "parts" / "checkpoints" / f"checkpoint-{STEPS + 2}").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, key, value, message", [
+    (layout.OPTIONS_NAME, "variance_type", "fixed_large",
+     "variance_type is 'fixed_large' in training_options.json but 'fixed_small' in scheduler/scheduler_config.json"),
+    (layout.OPTIONS_NAME, "num_train_timesteps", 500,
+     "num_train_timesteps is 500 in training_options.json but 1000 in scheduler/scheduler_config.json"),
+    ("scheduler/scheduler_config.json", "beta_schedule", "squaredcos_cap_v2",
+     "beta_schedule is 'linear' in training_options.json but 'squaredcos_cap_v2' in scheduler/scheduler_config.json"),
+    ("scheduler/scheduler_config.json", "beta_start", 0.001,
+     "beta_start is 0.0001 in training_options.json but 0.001 in scheduler/scheduler_config.json"),
+    ("scheduler/scheduler_config.json", "beta_end", 0.03,
+     "beta_end is 0.02 in training_options.json but 0.03 in scheduler/scheduler_config.json"),
+    (layout.OPTIONS_NAME, "resolution", 16,
+     "resolution is 16 in training_options.json but sample_size=8 in unet/config.json"),
+    ("unet/config.json", "num_class_embeds", 10,
+     "class_conditional is False in training_options.json but num_class_embeds=10 in unet/config.json"),
+    ("unet/config.json", "out_channels", 2, "variance_type is 'fixed_small' in training_options.json but "
+     "out_channels=2 for in_channels=1 (it needs 1) in unet/config.json"),
+    ("unet_ema/config.json", "in_channels", 3, "in_channels is 1 in unet/config.json but 3 in unet_ema/config.json"),
+])
+def test_each_disagreement_between_a_checkpoints_parts_is_named(base, tmp_path, name, key, value, message):
+    from ddpm_from_scratch.training.resume import check_parts_agree
+
+    def parts_agree(folder):
+        options, unet_config = (json.loads((folder / part).read_text()) for part in (layout.OPTIONS_NAME,
+                                                                                     "unet/config.json"))
+        check_parts_agree(folder, options, unet_config)
+
+    folder = tmp_path / f"checkpoint-{STEPS}"
+    shutil.copytree(base["out"] / "checkpoints" / f"checkpoint-{STEPS}", folder)
+    parts_agree(folder)  # as saved: they agree
+    # a UNet config of another run changes both UNets' configs alike
+    for part in [name] + (["unet_ema/config.json"] if name == "unet/config.json" else []):
+        _edit_json(folder, part, key, value)
+    with pytest.raises(ValueError, match=f"cannot resume from checkpoint-{STEPS}: its files disagree: ") as error:
+        parts_agree(folder)
+    assert message in str(error.value)
+    assert str(error.value).count(" but ") == 1  # the one disagreement made, nothing else
 
 
 # ---- divergence and interrupted pipeline saves ------------------------------------------------------

@@ -113,3 +113,54 @@ def test_kill_while_saving_keeps_the_previous_checkpoint(setting):
     assert ckpt.verify_checkpoint(root / "checkpoint-2") == []
     assert (root / ".tmp-checkpoint-4").is_dir()  # the unfinished save, never taken for a checkpoint
     assert ckpt.plan_resume(out, "latest").path == root / "checkpoint-2"
+
+
+# ---- kills before the first checkpoint is committed ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def killed_early(setting):
+    """Runs killed while the first checkpoint (checkpoint-2) was staged, after K of its N files for K = 0,
+    1, N // 2 and N (all written, manifest included, not yet renamed), and during updates 1 and 3;
+    each relaunched with the same command plus --resume_from_checkpoint latest."""
+    files = [p for p in (setting["reference"] / "checkpoints" / f"checkpoint-{STEPS}").rglob("*") if p.is_file()]
+    staged = sorted({0, 1, len(files) // 2, len(files)})
+    kills = {f"staged-{k}": ["--kill-after-staged-files", "2", str(k)] for k in staged}
+    kills.update({"update-1": ["--kill-during-update", "1"], "update-3": ["--kill-during-update", "3"]})
+    outs = {name: setting["base"] / "killed_early" / name for name in kills}
+    runs = {name: start_train(setting["args"] + ["--output_dir", str(outs[name])], patches=patches)
+            for name, patches in kills.items()}
+    killed = {name: finish(run) for name, run in runs.items()}
+    left = {name: sorted(p.relative_to(outs[name]).as_posix() for p in outs[name].rglob("*") if p.is_file())
+            for name in kills}
+    relaunched = {name: start_train(setting["args"] + ["--output_dir", str(out), "--resume_from_checkpoint", "latest"])
+                  for name, out in outs.items()}
+    return {"staged": staged, "outs": outs, "killed": killed, "left": left,
+            "resumed": {name: finish(run) for name, run in relaunched.items()}}
+
+
+def test_a_kill_while_the_first_checkpoint_is_staged_resumes_with_the_same_command(killed_early, setting):
+    for k in killed_early["staged"]:
+        name = f"staged-{k}"
+        out, killed = killed_early["outs"][name], killed_early["killed"][name]
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        # the kill came after exactly k files of the staging folder, before anything was committed
+        left = killed_early["left"][name]
+        assert len(left) == k and all(path.startswith("checkpoints/.tmp-checkpoint-2/") for path in left), left
+        resumed = check_ok(killed_early["resumed"][name])
+        staging = out / "checkpoints" / ".tmp-checkpoint-2"
+        assert f"removed {staging}, left by a save that was interrupted" in resumed.stderr
+        assert "no checkpoint in" in resumed.stderr and "starting a new run" in resumed.stderr
+        _assert_same_result(out, setting["reference"])
+
+
+def test_a_kill_during_an_update_resumes_with_the_same_command(killed_early, setting):
+    for name, resumed_at in (("update-1", None), ("update-3", 2)):
+        out, killed = killed_early["outs"][name], killed_early["killed"][name]
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        resumed = check_ok(killed_early["resumed"][name])
+        if resumed_at is None:
+            assert killed_early["left"][name] == [] and "starting a new run" in resumed.stderr
+        else:
+            assert f"checkpoint-{resumed_at} at update {resumed_at}" in resumed.stderr
+        _assert_same_result(out, setting["reference"])

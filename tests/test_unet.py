@@ -6,6 +6,7 @@ Parity with diffusers' UNet2DModel (same function on random weights) is in test_
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -256,6 +257,47 @@ def test_save_and_load_with_safetensors(tmp_path):
     x, y = torch.randn(2, 2, 8, 8), torch.tensor([0, 3])
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, 4, y).sample, model(x, 4, y).sample, rtol=0, atol=0)
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # inside the last tensor's bytes, which safetensors never checks
+    path.write_bytes(bytes(data))
+
+
+def test_a_saved_model_folder_records_its_weights_in_the_pipelines_manifest_format(tmp_path):
+    import json
+
+    from ddpm_from_scratch.saving.checksums import verify_manifest
+
+    tiny().save_pretrained(tmp_path)
+    weights = tmp_path / "diffusion_pytorch_model.safetensors"
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["format"] == 1 and set(manifest["files"]) == {weights.name}
+    assert verify_manifest(tmp_path) == []  # the package's reader takes the model's manifest as it is
+    _flip_last_byte(weights)
+    assert verify_manifest(tmp_path) == [f"{weights.name} does not match its SHA-256 in the manifest (the file is damaged)"]
+    with pytest.raises(OSError, match=rf"weights file '{re.escape(str(weights))}' is corrupted: .*manifest\.json"):
+        ScratchUNet2DModel.from_pretrained(tmp_path)
+
+
+def test_a_pipelines_unet_loaded_alone_is_checked_against_the_pipelines_manifest(tmp_path):
+    from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
+
+    ScratchDDPMPipeline(unet=tiny(), scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(tmp_path)
+    assert not (tmp_path / "unet" / "manifest.json").exists()  # the pipeline's manifest records the UNet's weights
+    ScratchUNet2DModel.from_pretrained(tmp_path, subfolder="unet")
+    _flip_last_byte(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(OSError, match=r"unet/diffusion_pytorch_model\.safetensors' is corrupted"):
+        ScratchUNet2DModel.from_pretrained(tmp_path, subfolder="unet")
+
+
+def test_a_missing_weights_file_is_named_with_its_folder(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    (tmp_path / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(OSError, match=rf"model folder '{re.escape(str(tmp_path))}' has no weights: "
+                                      r"expected diffusion_pytorch_model\.safetensors"):
+        ScratchUNet2DModel.from_pretrained(tmp_path)
 
 
 def test_gradient_checkpointing_recomputes_blocks_and_gives_the_same_gradients():

@@ -51,8 +51,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"--device {name!r} is not a torch device: {error}") from None
+    except RuntimeError:  # torch's message lists every device type it was built to know, and no argument name
+        raise ValueError(
+            f"--device {name!r} is not a torch device; allowed forms: auto, cpu, cuda, cuda:N (N a GPU index), mps, "
+            "or another torch device type such as xpu"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
@@ -87,6 +90,22 @@ def check_output_file(path: str | os.PathLike, option: str, suffixes: tuple[str,
         raise ValueError(f"{option} {str(given)!r}: {str(parent)!r} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{option} {str(given)!r}: cannot write in the folder {str(parent)!r} (permission denied)")
+    return target
+
+
+def check_new_folder(path: str | os.PathLike, option: str) -> Path:
+    """Check, before any work, that ``path`` is a folder to create or an empty one, whose parent can be
+    created: nothing in it would be overwritten. Errors name ``option`` and the path as the user gave it."""
+    given = Path(path)
+    target = given.expanduser()
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{option} {str(given)!r} is an existing file; give the path of a new folder")
+    if target.is_dir() and any(target.iterdir()):
+        raise ValueError(f"{option} {str(given)!r} is a folder that is not empty; give the path of a new folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{option} {str(given)!r}: its parent folder cannot be created: {error}") from None
     return target
 
 

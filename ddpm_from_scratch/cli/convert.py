@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .args import check_new_folder
+
 # what UNet2DModel.from_pretrained reads, safetensors first (a .bin is read with torch.load(weights_only=True))
 WEIGHTS_NAMES = (
     "diffusion_pytorch_model.safetensors",
@@ -39,16 +41,10 @@ def _one_line(error: BaseException) -> str:
 
 
 def _check_output(output: str) -> Path:
-    path = Path(output)
-    if path.exists() and not path.is_dir():
-        raise ArgumentProblem(f"output {output!r} is an existing file; give the path of a new folder")
-    if path.is_dir() and any(path.iterdir()):
-        raise ArgumentProblem(f"output {output!r} is a folder that is not empty; give the path of a new folder")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ArgumentProblem(f"output {output!r}: its parent folder cannot be created: {_one_line(error)}") from None
-    return path
+        return check_new_folder(output, "output")
+    except ValueError as error:
+        raise ArgumentProblem(_one_line(error)) from None
 
 
 def _check_model_folder(folder: Path, argument: str) -> None:
@@ -63,6 +59,12 @@ def _check_model_folder(folder: Path, argument: str) -> None:
         class_name = json.loads(config_file.read_text()).get("_class_name", "UNet2DModel")
     except (OSError, ValueError, AttributeError) as error:
         raise ArgumentProblem(f"{argument}: {str(config_file)!r} is not readable JSON: {_one_line(error)}") from None
+    if class_name == "ScratchUNet2DModel":
+        raise ArgumentProblem(
+            f"{argument}: {str(folder)!r} already holds a ScratchUNet2DModel, so there is nothing to convert "
+            "(load it with ScratchUNet2DModel.from_pretrained, or its pipeline or checkpoint with "
+            "ScratchDDPMPipeline.from_pretrained)"
+        )
     if class_name != "UNet2DModel":
         raise ArgumentProblem(f"{argument}: {str(folder)!r} holds a {class_name}, not a diffusers UNet2DModel")
     if not any((folder / name).is_file() for name in WEIGHTS_NAMES):

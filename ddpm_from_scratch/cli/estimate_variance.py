@@ -10,6 +10,10 @@ unchanged unless ``--set-default`` also sets ``variance_type`` to "analytic"; ot
 loading: ``ScratchDDPMScheduler.from_config(pipe.scheduler.config, variance_type="analytic")``.
 A class-conditional model is estimated as the unconditional model p(x) (the null class), as
 ``ddpm-evaluate`` measures it.
+
+``--out DIR`` leaves PATH as it is and writes a pipeline with the estimate to the new folder DIR
+instead. A training checkpoint is never modified (its manifest records the scheduler config, so an
+edit would make the run refuse to resume from it): on a checkpoint ``--out`` is required.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Sequence
 import torch
 
 from ..saving.atomic_io import write_json_atomic
-from .args import int_at_least, positive_int, resolve_device
+from .args import check_new_folder, int_at_least, positive_int, resolve_device
 
 DATASETS = ("builtin:digits",)
 SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
@@ -46,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=512, help="noised images per model call (default 512)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image subset and the noise (default 0)")
     parser.add_argument("--device", default="auto", help="torch device, e.g. cpu, cuda (default: cuda if available)")
+    parser.add_argument("--out", default=None,
+                        help="save a pipeline with the estimate to this new (or empty) folder and leave PATH as it is "
+                        "(required when PATH is a training checkpoint)")
     parser.add_argument("--set-default", action="store_true",
                         help="also set the saved scheduler's variance_type to 'analytic'")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -82,9 +89,15 @@ def estimate(args: argparse.Namespace) -> tuple[Path, dict]:
     """Run the estimate as ``args`` say and write it; returns (config file, summary)."""
     from ..bound.analytic_variance import estimate_eps_sq_mean
     from ..digits.evaluation import unconditional_model_kwargs
-    from ..saving.folder import load_any_pipeline
+    from ..saving.folder import is_training_checkpoint, load_any_pipeline
 
     config_file = scheduler_config_file(args.path)
+    out = None if args.out is None else check_new_folder(args.out, "--out")
+    if out is None and is_training_checkpoint(config_file.parent.parent):
+        raise ValueError(
+            f"{args.path} is a training checkpoint, which this command does not modify (its manifest would no "
+            "longer match and the run could not resume from it): pass --out DIR to save a pipeline with the estimate"
+        )
     saved = json.loads(config_file.read_text())
     if args.set_default and saved.get("_class_name") != OUR_SCHEDULER:
         raise ValueError(
@@ -114,6 +127,9 @@ def estimate(args: argparse.Namespace) -> tuple[Path, dict]:
     saved["analytic_eps_sq_mean"] = result.tolist()
     if args.set_default:
         saved["variance_type"] = "analytic"
+    if out is not None:  # the loaded pipeline (a checkpoint's: its EMA UNet) saved anew, then its config edited
+        pipeline.to("cpu").save_pretrained(out, safe_serialization=True)
+        config_file = out / SCHEDULER_CONFIG
     write_json_atomic(saved, config_file)
     shipped = config_file.parent / "scheduler.py"
     if shipped.is_file() and "analytic_eps_sq_mean" not in shipped.read_text():

@@ -32,8 +32,9 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .atomic_io import read_json
 from .checksums import read_manifest, verify_files, write_manifest
-from .layout import EMA_UNET_DIR, MODEL_INDEX_NAME, PIPELINE_STAGING_MARKER, SCHEDULER_DIR, STATE_NAME, UNET_DIR
-from .model_card import MODEL_CARD_NAME, ModelCardInfo, write_model_card
+from .layout import (EMA_UNET_DIR, MANIFEST_NAME, MODEL_INDEX_NAME, PIPELINE_STAGING_MARKER, SCHEDULER_DIR, STATE_NAME,
+                     UNET_DIR)
+from .model_card import MODEL_CARD_NAME, ModelCardInfo, refuse_token_in_files, write_model_card
 from .shipped_code import check_shipped_code
 
 logger = logging.get_logger(__name__)
@@ -122,11 +123,14 @@ def save_pipeline_folder(
     num_classes: int | None,
     variant: str | None = None,
     max_shard_size: int | str | None = None,
+    token: str | None = None,
 ) -> Path:
     """Write ``pipeline`` with its code, the weights' manifest and a model card (module doc); returns the folder.
 
     A README.md already in the folder is kept unless ``model_card`` is given. Code the Hub could not
-    serve (`check_shipped_code`) is a warning here (hub.py refuses it before pushing).
+    serve (`check_shipped_code`) is a warning here (hub.py refuses it before pushing). A card holding
+    the Hub access token (``token``, or the one huggingface_hub has stored) is refused before anything
+    is written to the folder. A training checkpoint is refused as a target.
     """
     from ..pipeline import save_with_code
 
@@ -135,6 +139,11 @@ def save_pipeline_folder(
     target = Path(save_directory).resolve()
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"save_directory {str(target)!r} exists and is not a directory")
+    if target.is_dir() and is_training_checkpoint(target):
+        raise ValueError(
+            f"save_directory {str(target)!r} is a training checkpoint: a pipeline saved into it would replace its "
+            "weights and break its manifest, so the run could not resume from it; save to another folder"
+        )
     target.mkdir(parents=True, exist_ok=True)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{PIPELINE_STAGING_MARKER}", dir=target.parent))
@@ -143,6 +152,9 @@ def save_pipeline_folder(
     try:
         save_with_code(pipeline, staging, variant=variant, max_shard_size=max_shard_size)
         components = {name: c for name, c in pipeline.components.items() if c is not None}
+        # a model's own manifest (unet.py): this folder's manifest records the same weights
+        for nested in staging.glob(f"*/{MANIFEST_NAME}"):
+            nested.unlink()
         weights = [staging / name for name in variant_weights(_files(staging), components, variant)]
         write_manifest(staging, weights, keep=_kept_manifest_entries(target, list(components), variant))
         existing_card = target / MODEL_CARD_NAME
@@ -156,6 +168,7 @@ def save_pipeline_folder(
                 num_classes=num_classes,
                 existing_card=existing_card.read_text(encoding="utf-8") if existing_card.is_file() else None,
             )
+            refuse_token_in_files([staging / MODEL_CARD_NAME], token, "save")
         _move_into_place(staging, target, list(components), variant)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from .folder import save_pipeline_folder, variant_weights
 from .layout import MANIFEST_NAME, MODEL_INDEX_NAME
-from .model_card import MODEL_CARD_NAME, SAMPLE_GRID_NAME, ModelCardInfo
+from .model_card import MODEL_CARD_NAME, SAMPLE_GRID_NAME, ModelCardInfo, refuse_token_in_files
 from .shipped_code import CodeLayoutError, check_shipped_code
 
 # what a saved pipeline consists of (folder.save_pipeline_folder); nothing else is uploaded
@@ -42,14 +42,6 @@ def uploadable_files(folder: str | os.PathLike) -> list[Path]:
     relative = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
     chosen = filter_repo_objects(relative, allow_patterns=UPLOAD_ALLOW_PATTERNS, ignore_patterns=UPLOAD_IGNORE_PATTERNS)
     return [folder / name for name in chosen]
-
-
-def refuse_token_in_files(files: list[Path], token: str | None) -> None:
-    """Raise if the access token's text occurs in any file about to be uploaded (the token is not echoed)."""
-    if token and isinstance(token, str):
-        for path in files:
-            if token.encode("utf-8") in path.read_bytes():
-                raise ValueError(f"refusing to upload: {path.name} ({path}) contains the Hub access token")
 
 
 def push_pipeline(
@@ -88,9 +80,9 @@ def push_pipeline(
             (folder / name).write_bytes(Path(downloaded).read_bytes())
         save_pipeline_folder(
             pipeline, folder, model_card=model_card, card_repo_id=repo_id, num_classes=num_classes,
-            variant=variant, max_shard_size=max_shard_size,
+            variant=variant, max_shard_size=max_shard_size, token=token,
         )
-        refuse_token_in_files(uploadable_files(folder), token)
+        refuse_token_in_files(uploadable_files(folder), token, "upload")
         components = [name for name, component in pipeline.components.items() if component is not None]
         return api.upload_folder(
             repo_id=repo_id, folder_path=folder, commit_message=commit_message, create_pr=create_pr,

@@ -81,6 +81,19 @@ def redact_secrets(value: Any) -> Any:
     return value
 
 
+def refuse_token_in_files(files: list[Path], token: str | None, action: str) -> None:
+    """Raise a ValueError before ``action`` ("upload", "save") if the text of the Hub access token (``token``,
+    and the one huggingface_hub has stored, which a push without ``token`` uses) occurs in any of ``files``;
+    the token is not echoed."""
+    from huggingface_hub import get_token
+
+    tokens = [text.encode("utf-8") for text in {token, get_token()} if isinstance(text, str) and text]
+    for path in files:
+        if any(text in path.read_bytes() for text in tokens):
+            raise ValueError(f"refusing to {action}: {path.name} ({path}) contains the Hub access token; "
+                             "remove it from the model card's fields (or the folder's README.md)")
+
+
 def card_metadata(info: ModelCardInfo, repo_id: str) -> Any:
     """The generated YAML metadata as a huggingface_hub ``ModelCardData``; the finite numeric metrics
     become its model-index ``EvalResult`` entries."""

@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ddpm_from_scratch.saving.atomic_io import read_json, write_json_atomic
@@ -152,20 +153,45 @@ def write_process_files(folder: Path, rank: int) -> None:
     }, folder / json_name, indent=None)
 
 
+def _read_rng_states(folder: Path, rank: int) -> tuple[dict[str, torch.Tensor], tuple, tuple]:
+    """(torch's tensors, numpy's state, Python's state) as `write_process_files` wrote them, each checked by
+    setting it on a private generator, so a bad file raises ValueError naming it before any global is set."""
+    tensors_name, json_name = rng_state_names(rank)
+    path = folder / tensors_name
+    try:
+        tensors = load_file(str(path))
+        torch.Generator().set_state(tensors["torch_cpu"])
+        path = folder / json_name
+        saved = read_json(path, "RNG state")
+        numpy_saved, python_saved = saved["numpy"], saved["python"]
+        numpy_state = (numpy_saved["bit_generator"], np.asarray(numpy_saved["key"], dtype=np.uint32),
+                       int(numpy_saved["pos"]), int(numpy_saved["has_gauss"]), float(numpy_saved["cached_gaussian"]))
+        np.random.RandomState().set_state(numpy_state)
+        python_state = (python_saved["version"], tuple(python_saved["state"]), python_saved["gauss_next"])
+        random.Random().setstate(python_state)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:  # all: unreadable
+        reason = f"it lacks {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+        raise ValueError(
+            f"cannot resume from {folder.name}: its RNG state {path} cannot be read ({reason}); resume from "
+            "another checkpoint (--resume_from_checkpoint checkpoint-<step>), or start a new run in another "
+            "--output_dir"
+        ) from error
+    return tensors, numpy_state, python_state
+
+
 def restore_rng_states(folder: Path, rank: int) -> str | None:
     """Set the global generators from what `write_process_files` wrote for process ``rank`` (every file is read
-    before any generator is set); returns what could not be restored (None: everything)."""
+    and checked before any generator is set); returns what could not be restored (None: everything).
+    Raises ValueError, naming the file, for a state file that is there but cannot be read."""
     tensors_name, json_name = rng_state_names(rank)
     if not (folder / tensors_name).is_file() or not (folder / json_name).is_file():
         written = sorted(p.name for p in folder.glob("random_states_*"))
         return f"it has no RNG state for process {rank} ({tensors_name}; it holds {written or 'none'})"
-    tensors, saved = load_file(str(folder / tensors_name)), read_json(folder / json_name, "RNG state")
-    numpy_state, python_state = saved["numpy"], saved["python"]
+    tensors, numpy_state, python_state = _read_rng_states(folder, rank)
     cuda_states = [tensors[f"torch_cuda_{i}"] for i in range(sum(key.startswith("torch_cuda_") for key in tensors))]
     torch.set_rng_state(tensors["torch_cpu"])
-    np.random.set_state((numpy_state["bit_generator"], np.asarray(numpy_state["key"], dtype=np.uint32),
-                         numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
-    random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
     if torch.cuda.is_available():
         if len(cuda_states) != torch.cuda.device_count():
             return (f"the CUDA generators were saved for {len(cuda_states)} GPU(s), this machine has "

@@ -5,8 +5,8 @@ validation pass before training, where undecodable files are counted and dropped
 never stop a run mid-epoch; then for training (batches.py). The validation pass reads every image,
 so it also decides the channels from all of them: grayscale data stays one channel, and if any image
 is colour the run is RGB (a warning names a grayscale and a colour file when the modes are mixed).
-High-bit-depth images are read in the range their PIL mode holds (MODE_RANGES); values outside it
-are refused with the file named.
+High-bit-depth images are read in the range their PIL mode holds (MODE_RANGES); values outside it,
+or a 32-bit integer (mode I) image whose values fit in 8 bits, are refused with the file named.
 """
 
 from __future__ import annotations
@@ -163,6 +163,11 @@ def value_range_problem(image: PIL.Image.Image) -> str | None:
         meaning = "intensities in [0, 1]" if image.mode == "F" else "16-bit values in [0, 65535]"
         return (f"mode {image.mode} pixels are read as {meaning}, but this image holds values in "
                 f"[{found_low:g}, {found_high:g}]; rescale it to that range (or save it as 8- or 16-bit)")
+    if image.mode == "I" and 0 < found_high <= 255:
+        # 8-bit data widened to 32 bits: read as 16-bit it would train as nearly black (at most 255/65535)
+        return (f"mode I pixels are read as 16-bit values in [0, 65535], but this image holds values in "
+                f"[{found_low:g}, {found_high:g}] only, the range of 8-bit data, which would train as nearly black; "
+                "save 8-bit data as mode L (Image.convert('L')), or 16-bit data scaled to [0, 65535]")
     return None
 
 

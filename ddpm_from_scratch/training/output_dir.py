@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
-from ddpm_from_scratch.saving.layout import CHECKPOINTS_SUBDIR, MODEL_INDEX_NAME
+from ddpm_from_scratch.saving.layout import (CHECKPOINT_PATTERN, CHECKPOINT_STAGING_PREFIX, CHECKPOINTS_SUBDIR,
+                                             MODEL_INDEX_NAME)
 from ddpm_from_scratch.saving.shipped_code import class_source_file, code_closure, top_level_package
 
 from .options import TrainingOptions
@@ -40,15 +41,27 @@ def is_our_model_card(path: Path) -> bool:
     return any(line.strip() == "- ddpm-from-scratch" for line in metadata.splitlines())
 
 
+def is_checkpoint_staging(path: Path) -> bool:
+    """True for the staging folder of a checkpoint save (.tmp-checkpoint-<step>, saving/layout.py)."""
+    name = path.name
+    return (path.is_dir() and name.startswith(CHECKPOINT_STAGING_PREFIX)
+            and CHECKPOINT_PATTERN.match(name[len(CHECKPOINT_STAGING_PREFIX):]) is not None)
+
+
 def is_previous_run(folder: Path) -> bool:
-    """True if `folder` holds a pipeline or checkpoints this trainer wrote."""
+    """True if `folder` holds a pipeline or checkpoints this trainer wrote, or only the staging folders of
+    checkpoint saves (a run killed while saving its first checkpoint: the next run removes them)."""
     index = folder / MODEL_INDEX_NAME
     if index.is_file():
         try:
             return "ScratchDDPMPipeline" in str(json.loads(index.read_text()).get("_class_name"))
         except (OSError, ValueError, AttributeError):
             return False
-    return any((folder / CHECKPOINTS_SUBDIR).glob("checkpoint-*"))
+    checkpoints = folder / CHECKPOINTS_SUBDIR
+    if any(checkpoints.glob("checkpoint-*")):
+        return True
+    entries = list(checkpoints.iterdir()) if checkpoints.is_dir() else []
+    return bool(entries) and all(is_checkpoint_staging(path) for path in entries)
 
 
 def foreign_outputs(opts: TrainingOptions) -> list[str]:

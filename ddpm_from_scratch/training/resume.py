@@ -4,8 +4,10 @@ loaded, then loaded without ever running code from its files.
 Options that change what the model computes (its architecture, the noise schedule, what it predicts)
 are refused: the saved weights would be trained towards another target. Options that only change
 how it is trained from here on (learning rate, batch size, EMA decay, ...) are allowed, with a warning
-stating the old and new value. A checkpoint of version 0.1.0 (accelerate's save_state: model.safetensors
-and pickles) is refused in one line: its training state is pickled, and this version reads no pickle.
+stating the old and new value. A checkpoint whose own files disagree (its options against its
+scheduler or UNet config) is refused too: nothing says which of them its weights were trained for.
+A checkpoint of version 0.1.0 (accelerate's save_state: model.safetensors and pickles) is refused in one
+line: its training state is pickled, and this version reads no pickle.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.schedulers.scheduling_utils import SCHEDULER_CONFIG_NAME
 from diffusers.utils import CONFIG_NAME
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME as WEIGHTS_NAME
 from safetensors.torch import load_file
 
+from ddpm_from_scratch.diffusion_math import LEARNED_VARIANCE_TYPES
 from ddpm_from_scratch.saving.atomic_io import read_json
 from ddpm_from_scratch.saving.layout import (EMA_STATE_NAME, EMA_UNET_DIR, GRAD_SCALER_NAME, LR_SCHEDULE_NAME,
-                                             OPTIMIZER_NAME, OPTIONS_NAME, UNET_DIR)
+                                             OPTIMIZER_NAME, OPTIONS_NAME, SCHEDULER_DIR, UNET_DIR)
 
 from .checkpoints import (list_checkpoints, plan_resume, read_training_state, remove_pipeline_staging_leftovers,
                           remove_staging_leftovers, restore_rng_states, set_aside)
@@ -47,6 +51,9 @@ ADJUSTABLE_OPTIONS = ("learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_
 CONFIG_KEY_OPTIONS = {"sample_size": "--resolution", "num_class_embeds": "--class_conditional (or the dataset's "
                       "number of classes)", "out_channels": "--variance_type", "in_channels": "the data's channels"}
 CONFIG_KEYS_THAT_MAY_CHANGE = ("dropout",)
+# the options a checkpoint's scheduler config also records, under the same names
+SCHEDULER_OPTIONS = ("prediction_type", "variance_type", "num_train_timesteps", "beta_schedule", "beta_start",
+                     "beta_end")
 # the weights file of a 0.1.0 checkpoint (accelerate's save_state), whose other files are pickles
 V0_1_0_WEIGHTS_NAME = "model.safetensors"
 
@@ -126,6 +133,47 @@ def check_architecture(saved_config: dict[str, Any], model: torch.nn.Module, num
                             f"has {saved_config.get(key)!r}, this run {config.get(key)!r}" for key in changed)
         raise ValueError(f"cannot resume from {checkpoint}: its UNet differs from this run's: {details}; "
                          "start a new run in another --output_dir")
+
+
+def _disagreements(options: dict[str, Any], scheduler: dict[str, Any], unet: dict[str, Any]) -> list[str]:
+    """'<option> is <value> in training_options.json but <what the config says> in <its file>' for each option
+    the saved scheduler or UNet config contradicts; a value one side lacks is not compared."""
+    scheduler_file, unet_file = f"{SCHEDULER_DIR}/{SCHEDULER_CONFIG_NAME}", f"{UNET_DIR}/{CONFIG_NAME}"
+    found = [(name, options[name], repr(scheduler[name]), scheduler_file) for name in SCHEDULER_OPTIONS
+             if name in options and name in scheduler and _plain(options[name]) != _plain(scheduler[name])]
+    size = unet.get("sample_size")
+    if "resolution" in options and size is not None and _plain(size) not in (options["resolution"],
+                                                                              [options["resolution"]] * 2):
+        found.append(("resolution", options["resolution"], f"sample_size={size!r}", unet_file))
+    classes = unet.get("num_class_embeds")
+    if "class_conditional" in options and bool(options["class_conditional"]) != (classes is not None):
+        found.append(("class_conditional", options["class_conditional"], f"num_class_embeds={classes!r}", unet_file))
+    if "variance_type" in options and isinstance(unet.get("in_channels"), int):
+        expected = unet["in_channels"] * (2 if options["variance_type"] in LEARNED_VARIANCE_TYPES else 1)
+        if unet.get("out_channels") != expected:
+            found.append(("variance_type", options["variance_type"], f"out_channels={unet.get('out_channels')!r} for "
+                          f"in_channels={unet['in_channels']} (it needs {expected})", unet_file))
+    return [f"{name} is {ours!r} in {OPTIONS_NAME} but {theirs} in {file}" for name, ours, theirs, file in found]
+
+
+def check_parts_agree(folder: Path, options: dict[str, Any], unet_config: dict[str, Any]) -> None:
+    """Raise ValueError, in one line naming both values and both files, when the checkpoint's training options
+    contradict its saved scheduler or UNet config, or its EMA UNet's config its UNet's (an edited file, or
+    parts of two runs): its weights were trained for one of them, and nothing says which."""
+    scheduler_config = read_json(folder / SCHEDULER_DIR / SCHEDULER_CONFIG_NAME, "scheduler config")
+    found = _disagreements(options, scheduler_config, unet_config)
+    ema_config_path = folder / EMA_UNET_DIR / CONFIG_NAME
+    if ema_config_path.is_file():  # the EMA copy is the same model: every key but diffusers' own
+        ema_config = read_json(ema_config_path, "EMA UNet config")
+        found += [f"{key} is {unet_config.get(key)!r} in {UNET_DIR}/{CONFIG_NAME} but {ema_config.get(key)!r} in "
+                  f"{EMA_UNET_DIR}/{CONFIG_NAME}" for key in sorted(set(unet_config) | set(ema_config))
+                  if not key.startswith("_") and _plain(unet_config.get(key)) != _plain(ema_config.get(key))]
+    if found:
+        raise ValueError(
+            f"cannot resume from {folder.name}: its files disagree: {'; '.join(found)}; the checkpoint was edited "
+            "or mixed from different runs, so what its weights were trained for is unknown: resume from another "
+            "checkpoint (--resume_from_checkpoint checkpoint-<step>), or start a new run in another --output_dir"
+        )
 
 
 def check_loadable(folder: Path) -> None:
@@ -244,6 +292,7 @@ def restore_checkpoint(path: Path, opts, accelerator, unet, optimizer, lr_schedu
     try:
         state, saved_options = read_training_state(path), read_json(path / OPTIONS_NAME, "training options")
         saved_config = read_json(path / UNET_DIR / CONFIG_NAME, "UNet config")
+        check_parts_agree(path, saved_options, saved_config)
     except FileNotFoundError as error:  # refused in one line, like every other reason not to resume
         raise ValueError(f"cannot resume from {path.name}: {error}") from error
     for warning in check_options(saved_options, opts.for_model_card(), path.name):
