@@ -120,11 +120,11 @@ def test_kill_while_saving_keeps_the_previous_checkpoint(setting):
 
 @pytest.fixture(scope="module")
 def killed_early(setting):
-    """Runs killed while the first checkpoint (checkpoint-2) was staged, after K of its N files for K = 0,
-    1, N // 2 and N (all written, manifest included, not yet renamed), and during updates 1 and 3;
-    each relaunched with the same command plus --resume_from_checkpoint latest."""
+    """Runs killed while the first checkpoint (checkpoint-2) was staged, after K of its N files for every K
+    from 0 to N (N: all written, manifest included, not yet renamed), and during updates 1 and 3; each
+    relaunched with the same command plus --resume_from_checkpoint latest."""
     files = [p for p in (setting["reference"] / "checkpoints" / f"checkpoint-{STEPS}").rglob("*") if p.is_file()]
-    staged = sorted({0, 1, len(files) // 2, len(files)})
+    staged = list(range(len(files) + 1))
     kills = {f"staged-{k}": ["--kill-after-staged-files", "2", str(k)] for k in staged}
     kills.update({"update-1": ["--kill-during-update", "1"], "update-3": ["--kill-during-update", "3"]})
     outs = {name: setting["base"] / "killed_early" / name for name in kills}
