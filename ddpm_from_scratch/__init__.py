@@ -29,7 +29,7 @@ def lazy_exports(package: str, exports: dict[str, str], namespace: dict) -> tupl
     return __getattr__, __dir__
 
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # public name -> module that defines it
 _EXPORTS = {
