@@ -349,6 +349,10 @@ class ScratchDDPMPipeline(DiffusionPipeline):
                 if step_end is not None:
                     sample = step_end(i, t, sample)
 
+        return self._finish(sample, output_type, return_dict)
+
+    def _finish(self, sample: torch.Tensor, output_type: str, return_dict: bool) -> Any:
+        """x_0 (B, C, H, W) in [-1, 1] -> images of ``output_type`` in [0, 1], warning about non-finite ones."""
         _warn_about_non_finite_images(sample)
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":

@@ -19,19 +19,15 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..conditioning import class_label_tensors
 from ..fast_sampling import step_noise
-from ..pipeline import ScratchDDPMPipeline, _warn_about_non_finite_images
+from ..pipeline import ScratchDDPMPipeline
 from ..unet import ScratchUNet2DModel
 from .inputs import image_to_model_range
 
 StepEndCallbackArg = Callable[..., dict[str, Any]] | PipelineCallback | MultiPipelineCallbacks | None
-# the model-space [-1, 1] -> [0, 1] and output_type conversions diffusers' pipelines use
-_OUTPUT_PROCESSOR = VaeImageProcessor(do_resize=False, do_normalize=True)
 
 
 @dataclass
@@ -125,10 +121,3 @@ class EditingPipeline(ScratchDDPMPipeline):
     def _noise(self, like: torch.Tensor, generator: Any) -> torch.Tensor:
         """Standard normal noise shaped like ``like``, the draws the sampling pipeline makes from ``generator``."""
         return step_noise(like.shape, generator, like.device, like.dtype)
-
-    def _finish(self, sample: torch.Tensor, output_type: str, return_dict: bool) -> Any:
-        """x_0 in [-1, 1] -> the ``output_type`` in [0, 1], as the sampling pipeline returns it."""
-        _warn_about_non_finite_images(sample)
-        image = _OUTPUT_PROCESSOR.postprocess(sample, output_type=output_type)
-        self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=image) if return_dict else (image,)
