@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-WHEELS=(diffusers datasets dill multiprocess importlib_metadata)
+WHEELS=(diffusers datasets dill multiprocess)
 
 if [[ "${1:-}" == download-wheels ]]; then
   mkdir -p .whl

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from _helpers import table_rows
 
-from benchmarks import bench_sampling, bench_train
+from benchmarks import bench_sampling, bench_train, profile_train_step
 
 
 def test_bench_train_prints_both_models_with_ratios(capsys):
@@ -34,3 +34,15 @@ def test_bench_sampling_compares_the_same_function(capsys):
     assert list(rows) == ["diffusers DDPMPipeline", "ours", "ours, bf16 autocast"]
     assert float(rows["ours"][-1]) < 1e-4  # converted weights + our scheduler: diffusers' images
     assert float(rows["ours, bf16 autocast"][-1]) > 0  # autocast really ran in bf16
+
+
+def test_profile_train_step_times_each_phase_of_both_models(capsys):
+    profile_train_step.main(["--preset", "digits", "--batch-size", "2", "--steps", "1", "--top", "3"])
+    output = capsys.readouterr().out
+    summary = table_rows(output)[-4:]  # the summary table comes last
+    assert [row[0] for row in summary] == ["ours, fp32, foreach AdamW", "diffusers, fp32, foreach AdamW",
+                                           "ours, bf16 autocast, foreach AdamW", "diffusers, bf16 autocast, foreach AdamW"]
+    for row in summary:
+        wall, phases = float(row[1]), [float(x) for x in row[4:]]
+        assert wall > 0 and len(phases) == 4 and all(ms > 0 for ms in phases)
+    assert "aten::convolution_backward" in output  # the operator tables list real operators
