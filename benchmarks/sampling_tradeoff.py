@@ -1,11 +1,23 @@
 """Sampling steps and variance, measured: the bound, sample quality and sampling time of one digits model.
 
-For every method (``fixed_small``, ``fixed_large``, ``analytic``: our scheduler with that
-``variance_type``; ``ddim``: diffusers' ``DDIMScheduler.from_config(pipe.scheduler.config)``, eta = 0)
-and every number of sampling steps K, one table row with
+For every method (`METHODS`) and every number of sampling steps K, one table row. The methods:
+
+* ``fixed_small``, ``fixed_large``, ``analytic``, ``analytic_model_error``: our scheduler's DDPM step
+  with that ``variance_type`` (eta None);
+* ``ddim``: our scheduler's step of the DDIM family with eta = 0 (fixed_small: sigma = 0, the noise
+  re-derived from the clipped x_0); ``ddim_analytic``: eta = 0 with ``variance_type="analytic"``
+  (sigma^2 from the family's optimal-variance formula);
+* ``diffusers_ddim``: diffusers' ``DDIMScheduler.from_config(pipe.scheduler.config)`` as diffusers'
+  ``DDIMPipeline`` steps it by default (eta = 0, ``use_clipped_model_output=False``: `ShippedDDIMScheduler`).
+
+``analytic`` rows need ``analytic_eps_sq_mean`` in the saved scheduler config and
+``analytic_model_error`` rows ``analytic_eps_error_sq_mean`` (``ddpm-estimate-variance`` writes both);
+without the first the run stops before any row, without the second those rows are skipped with a message.
+Each row has
 
 * the variational bound of the K-step chain on the first ``--nll-images`` held-out digits, bits/dim
-  (``likelihood.nll_bits_per_dim(..., num_inference_steps=K)``; DDIM has no bound: "-");
+  (``likelihood.nll_bits_per_dim(..., num_inference_steps=K)``); "-" for the rows with no bound: sigma = 0
+  has no density (``ddim``, ``diffusers_ddim``), and ``ddim_analytic`` while the bound takes no eta;
 * the digits evaluator's figures of ``--num-images`` samples (``digits.quality.SampleQualityEvaluator``),
   image i drawn from a generator seeded seed + i (``seeded_sampling``): every row uses the same seeds;
 * the time those samples took, scaled to 1,000 images (wall and CPU seconds of this process);
@@ -26,14 +38,17 @@ seconds per 1,000 images, log x, one line per method.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from diffusers import DDIMScheduler
 
 from benchmarks.common import describe_device, markdown_table, software_versions
 
@@ -46,7 +61,29 @@ from ddpm_from_scratch.sampling.images import save_image_atomic, uint8_to_model_
 from ddpm_from_scratch.bound.likelihood import nll_bits_per_dim
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 
-METHODS = ("fixed_small", "fixed_large", "analytic", "ddim")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A sampler: ScratchDDPMScheduler with ``variance_type`` (None: diffusers' DDIMScheduler as it ships) and
+    the pipeline call's ``eta`` (None: the scheduler's own step, DDPM for ours)."""
+
+    variance_type: str | None
+    eta: float | None
+    has_bound: bool  # a Gaussian reverse step with sigma > 0, whose bound nll_bits_per_dim computes
+
+
+METHODS = {
+    "fixed_small": Method("fixed_small", None, True),
+    "fixed_large": Method("fixed_large", None, True),
+    "analytic": Method("analytic", None, True),
+    "analytic_model_error": Method("analytic_model_error", None, True),
+    "ddim": Method("fixed_small", 0.0, False),
+    "ddim_analytic": Method("analytic", 0.0, True),
+    "diffusers_ddim": Method(None, None, False),
+}
+# the config key each variance needs, named in the message of a skipped row
+MODEL_ERROR_KEY = "analytic_eps_error_sq_mean"
 DEFAULT_STEPS = (10, 25, 50, 100, 250, 1000)
 BASELINE_METHOD = "fixed_small"  # at K = T: the chain the model was trained on
 HEADERS = [
@@ -55,18 +92,41 @@ HEADERS = [
 ]
 
 
+class ShippedDDIMScheduler(DDIMScheduler):
+    """diffusers' DDIMScheduler stepped as diffusers' DDIMPipeline steps it by default: with
+    ``use_clipped_model_output=False``. Its ``step`` does not take the switch, so ScratchDDPMPipeline (which
+    passes True to a step that takes it) drives it as shipped."""
+
+    def step(self, model_output, timestep, sample, eta=0.0, generator=None, variance_noise=None, return_dict=True):
+        return super().step(model_output, timestep, sample, eta=eta, use_clipped_model_output=False,
+                            generator=generator, variance_noise=variance_noise, return_dict=return_dict)
+
+
 def scheduler_for(method: str, config: Any):
     """The sampler of one method, built from the saved scheduler's config."""
-    if method == "ddim":
-        from diffusers import DDIMScheduler
-
-        # DDIM has no use for our analytic statistic; leaving it out spares diffusers' "unexpected key" warning
-        return DDIMScheduler.from_config({k: v for k, v in config.items() if k != "analytic_eps_sq_mean"})
+    variance_type = METHODS[method].variance_type
+    if variance_type is None:
+        # DDIM has no use for our analytic statistics; leaving them out spares diffusers' "unexpected key" warning
+        return ShippedDDIMScheduler.from_config({k: v for k, v in config.items() if not k.startswith("analytic_")})
     # "analytic" needs analytic_eps_sq_mean in the config; without it the scheduler names ddpm-estimate-variance
-    return ScratchDDPMScheduler.from_config(config, variance_type=method)
+    return ScratchDDPMScheduler.from_config(config, variance_type=variance_type)
 
 
-def measure_bound(pipeline: Any, scheduler: Any, steps: int, num_images: int, seed: int, batch_size: int) -> dict:
+def missing_statistic(method: str, config: Any) -> str | None:
+    """Why ``method``'s rows are skipped (its variance's statistic is not in the config), or None."""
+    if METHODS[method].variance_type == "analytic_model_error" and config.get(MODEL_ERROR_KEY) is None:
+        return (f"skipping {method}: the saved scheduler config has no {MODEL_ERROR_KEY} "
+                "(ddpm-estimate-variance PATH writes it)")
+    return None
+
+
+def bound_takes(eta: float | None) -> bool:
+    """Whether nll_bits_per_dim can compute the bound of a chain stepped with ``eta``."""
+    return eta is None or "eta" in inspect.signature(nll_bits_per_dim).parameters
+
+
+def measure_bound(pipeline: Any, scheduler: Any, steps: int, num_images: int, seed: int, batch_size: int,
+                  eta: float | None = None) -> dict:
     """The K-step chain's bound on the first ``num_images`` held-out digits (x_t draws seeded ``seed``)."""
     unet = pipeline.unet
     x_start = uint8_to_model_range(held_out_digits()[:num_images]).unsqueeze(1).to(pipeline.device, unet.dtype)
@@ -74,7 +134,7 @@ def measure_bound(pipeline: Any, scheduler: Any, steps: int, num_images: int, se
     bound = nll_bits_per_dim(
         unet, scheduler, x_start, generator=torch.Generator("cpu").manual_seed(seed), batch_size=batch_size,
         model_kwargs=unconditional_model_kwargs(unet, num_images, pipeline.device), progress=False,
-        num_inference_steps=steps,
+        num_inference_steps=steps, **({} if eta is None else {"eta": eta}),
     )
     return {
         "bits_per_dim": bound.bits_per_dim,
@@ -86,11 +146,11 @@ def measure_bound(pipeline: Any, scheduler: Any, steps: int, num_images: int, se
 
 
 def measure_samples(pipeline: Any, evaluator: SampleQualityEvaluator, steps: int, num_images: int, seed: int,
-                    batch_size: int) -> dict:
-    """Sample ``num_images`` digits (image i seeded seed + i), time it, and score them."""
+                    batch_size: int, eta: float | None = None) -> dict:
+    """Sample ``num_images`` digits (image i seeded seed + i) with ``eta``, time it, and score them."""
     load = os.getloadavg()[0]
     wall, cpu = time.perf_counter(), time.process_time()
-    images = sample_digits(pipeline, num_images, steps, batch_size, seed)
+    images = sample_digits(pipeline, num_images, steps, batch_size, seed, eta=eta)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     figures = evaluator.figures(images)
     return {
@@ -108,13 +168,16 @@ def measure_samples(pipeline: Any, evaluator: SampleQualityEvaluator, steps: int
 
 def measure_cell(pipeline: Any, saved_config: Any, evaluator: SampleQualityEvaluator, method: str, steps: int,
                  args: argparse.Namespace) -> dict:
-    """One table row: the bound (not for DDIM) and the samples of ``method`` with ``steps`` steps; the sampler
-    is built from the saved scheduler's config (not the previous row's, which may be DDIM's)."""
+    """One table row: the bound (where the method has one) and the samples of ``method`` with ``steps`` steps;
+    the sampler is built from the saved scheduler's config (not the previous row's, which may be DDIM's)."""
+    spec = METHODS[method]
     pipeline.scheduler = scheduler_for(method, saved_config)
-    cell: dict[str, Any] = {"method": method, "steps": steps, "bound": None}
-    if method != "ddim" and args.nll_images:
-        cell["bound"] = measure_bound(pipeline, pipeline.scheduler, steps, args.nll_images, args.seed, args.batch_size)
-    cell["samples"] = measure_samples(pipeline, evaluator, steps, args.num_images, args.seed, args.batch_size)
+    cell: dict[str, Any] = {"method": method, "steps": steps, "eta": spec.eta, "bound": None}
+    if spec.has_bound and bound_takes(spec.eta) and args.nll_images:
+        cell["bound"] = measure_bound(pipeline, pipeline.scheduler, steps, args.nll_images, args.seed, args.batch_size,
+                                      eta=spec.eta)
+    cell["samples"] = measure_samples(pipeline, evaluator, steps, args.num_images, args.seed, args.batch_size,
+                                      eta=spec.eta)
     return cell
 
 
@@ -171,7 +234,8 @@ def caption(result: dict) -> str:
 WIDTH, HEIGHT = 900, 560
 LEFT, RIGHT, TOP, BOTTOM = 70, 170, 40, 50
 COLOURS = {"fixed_small": (31, 119, 180), "fixed_large": (255, 127, 14), "analytic": (44, 160, 44),
-           "ddim": (214, 39, 40)}
+           "analytic_model_error": (23, 190, 207), "ddim": (214, 39, 40), "ddim_analytic": (148, 103, 189),
+           "diffusers_ddim": (140, 86, 75)}
 
 
 def render_plot(result: dict, target_seconds: float | None = None):
@@ -299,7 +363,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     T = saved_config.num_train_timesteps
     check_args(args, T)
     args.batch_size = args.batch_size or args.num_images
-    for method in args.methods:  # fail now, not after an hour of rows (e.g. analytic without its statistic)
+    for method in list(args.methods):  # fail now, not after an hour of rows (e.g. analytic without its statistic)
+        skipped = missing_statistic(method, saved_config)
+        if skipped:
+            print(skipped, flush=True)
+            args.methods.remove(method)
+            continue
         scheduler_for(method, saved_config)
 
     evaluator = SampleQualityEvaluator()
@@ -325,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             cell = measure_cell(pipeline, saved_config, evaluator, method, steps, args)
             result["cells"].append(cell)
             samples = cell["samples"]
-            print(f"{method:>11} K={steps:<5} FD {samples['frechet_distance']:7.2f}  "
+            print(f"{method:>20} K={steps:<5} FD {samples['frechet_distance']:7.2f}  "
                   f"{per_thousand(samples['sampling_wall_s'], args.num_images):8.1f} s/1000  "
                   f"load {samples['load_average_1min']:.1f}", flush=True)
             if args.out_json:

@@ -5,8 +5,13 @@
 With diffusers' UNet2DModel + DDPMScheduler and the same generator it returns the same images as
 diffusers' DDPMPipeline (same noise draws, same calls). It adds class-conditional sampling with
 classifier-free guidance, works with any diffusers scheduler (it passes a scheduler only the step
-arguments its ``step`` accepts), and saves itself with its code so that
+arguments its ``step`` accepts; diffusers' DDIMScheduler gets ``use_clipped_model_output=True``,
+`_step_kwargs`), and saves itself with its code so that
 ``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`` works without this package.
+
+A saved pipeline may record its default sampling setting (``default_num_inference_steps``,
+``default_eta``: values in ``model_index.json``, passed back by every loader); a call that gives no
+step count samples with it (`sampling_setting`).
 
 Speed (docs/performance.md, benchmarks/bench_sampling.py). With a scheduler that declares
 ``sync_free_device_timesteps`` (ScratchDDPMScheduler), the timesteps live on the sample's device and
@@ -50,6 +55,9 @@ from .conditioning import class_conditioning, class_label_tensors, guided_model_
 from .fast_sampling import CompiledUNet, CudaGraphStep, FastSamplingOptions, step_noise
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+# the scheduler whose step a recorded default sampling setting is for (the DDIM family's eta); named, not
+# imported, because a pipeline loaded from its shipped code has its own copy of the class
+DEFAULT_SAMPLING_SCHEDULER = "ScratchDDPMScheduler"
 StepEndCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
 # the installed package, whose saving and publishing modules a saved pipeline does not ship
 PACKAGE = "ddpm_from_scratch"
@@ -126,9 +134,18 @@ class ScratchDDPMPipeline(DiffusionPipeline):
     # what callback_on_step_end may read and replace (diffusers' pipeline convention)
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin):
+    def __init__(
+        self,
+        unet: ModelMixin,
+        scheduler: SchedulerMixin,
+        default_num_inference_steps: int | None = None,
+        default_eta: float | None = None,
+    ):
+        """``default_num_inference_steps`` / ``default_eta``: the sampling setting a call without a step count
+        uses (`sampling_setting`), recorded in ``model_index.json`` when saved; None: none recorded."""
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self.set_default_sampling(default_num_inference_steps, default_eta)
         self.fast_sampling = FastSamplingOptions()
         self._compiled_unet = CompiledUNet()
         self._warned_no_cuda_graph = False
@@ -181,6 +198,53 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         """The UNet the loop calls: the compiled one if compile is on (compiled once per UNet)."""
         return self._compiled_unet(self.unet, self.fast_sampling.compile_kwargs)
 
+    # ---- the default sampling setting -------------------------------------------------------------
+
+    def set_default_sampling(self, num_inference_steps: int | None, eta: float | None = None) -> None:
+        """Record the sampling setting of a call that gives no step count (saved in ``model_index.json``).
+
+        ``num_inference_steps``: an int in [1, num_train_timesteps], or None (no default: such a call runs
+        all num_train_timesteps DDPM steps). ``eta``: the DDIM family's eta (a number in [0, 1]; 0 is
+        DDIM, 1 with fixed_small is DDPM), or None (ScratchDDPMScheduler's DDPM step); it needs a step count.
+        The setting applies only while the scheduler is a ScratchDDPMScheduler, whose step takes eta.
+        """
+        if num_inference_steps is not None:
+            num_train_timesteps = self.scheduler.config.get("num_train_timesteps")
+            if not is_int(num_inference_steps) or num_inference_steps < 1 or (
+                num_train_timesteps is not None and num_inference_steps > num_train_timesteps
+            ):
+                raise ValueError(
+                    f"default_num_inference_steps must be None or an int in [1, num_train_timesteps = "
+                    f"{num_train_timesteps}], got {num_inference_steps!r}"
+                )
+        if eta is not None:
+            if num_inference_steps is None:
+                raise ValueError(
+                    f"default_eta={eta!r} needs default_num_inference_steps: the eta is part of the setting a call "
+                    "without a step count uses"
+                )
+            if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
+                raise ValueError(f"default_eta must be None or a number in [0, 1] (0: DDIM, 1: DDPM's posterior), got {eta!r}")
+            eta = float(eta)
+        self.register_to_config(default_num_inference_steps=num_inference_steps, default_eta=eta)
+
+    def sampling_setting(
+        self, num_inference_steps: int | None = None, eta: float | None = None
+    ) -> tuple[int, float | None]:
+        """The (step count, eta) a call with these arguments samples with.
+
+        A given step count is used as it is, with the given eta. Without one: the recorded default and,
+        unless eta is given, its eta, when one is recorded and the scheduler is a ScratchDDPMScheduler;
+        otherwise all num_train_timesteps steps (full DDPM sampling) with the given eta.
+        """
+        if num_inference_steps is not None:
+            return num_inference_steps, eta
+        default_steps = self.config.get("default_num_inference_steps")
+        is_default_scheduler = any(cls.__name__ == DEFAULT_SAMPLING_SCHEDULER for cls in type(self.scheduler).__mro__)
+        if default_steps is not None and is_default_scheduler:
+            return default_steps, self.config.get("default_eta") if eta is None else eta
+        return self.scheduler.config.num_train_timesteps, eta
+
     # ---- sampling ------------------------------------------------------------------------------
 
     def _check_arguments(
@@ -230,6 +294,11 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         kwargs: dict[str, Any] = {}
         if "generator" in accepted:
             kwargs["generator"] = generator
+        if "use_clipped_model_output" in accepted:
+            # Always True (diffusers' DDIMScheduler): the noise is re-derived from the clipped x_0, as in our own
+            # step. diffusers' default (False) mixes the clipped x_0 with the model's unclipped noise, an error of
+            # the size of the clipping at every step whatever the step size, so it grows with the step count.
+            kwargs["use_clipped_model_output"] = True
         if eta is not None:
             if "eta" not in accepted:
                 raise ValueError(f"eta is not an argument of {type(self.scheduler).__name__}.step; leave eta=None")
@@ -276,7 +345,7 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         self,
         batch_size: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 1000,
+        num_inference_steps: int | None = None,
         class_labels: int | Sequence[int] | torch.Tensor | None = None,
         guidance_scale: float | None = None,
         output_type: str = "pil",
@@ -292,6 +361,8 @@ class ScratchDDPMPipeline(DiffusionPipeline):
             generator: a torch.Generator, or a list of batch_size generators (one per image), for
                 reproducible samples; image i then depends only on generator i.
             num_inference_steps: number of denoising steps; the scheduler must accept it (1..T for DDPM).
+                None: the recorded default setting (steps and eta) with a ScratchDDPMScheduler, else all
+                T = num_train_timesteps steps (`sampling_setting`).
             class_labels: for a class-conditional UNet, an int or batch_size ints in [0, number of
                 classes); None samples unconditionally (the null class). Must be None for an
                 unconditional UNet.
@@ -300,7 +371,8 @@ class ScratchDDPMPipeline(DiffusionPipeline):
             output_type: "pil" (list of PIL images, mode 'L' for one channel), "np" ((B, H, W, C)
                 float32 in [0, 1]) or "pt" ((B, C, H, W) tensor in [0, 1]).
             return_dict: return an ImagePipelineOutput (else a 1-tuple).
-            eta: DDIM's eta, passed to schedulers whose ``step`` takes it.
+            eta: the DDIM family's eta, passed to schedulers whose ``step`` takes it (ScratchDDPMScheduler:
+                None is the DDPM step; DDIMScheduler: None is its default 0).
             callback_on_step_end: called after every denoising step as diffusers' pipelines call it,
                 ``callback(pipeline, step_index, timestep, callback_kwargs) -> dict``; ``callback_kwargs``
                 holds the tensors named in ``callback_on_step_end_tensor_inputs`` (x_{t-1} as
@@ -314,6 +386,7 @@ class ScratchDDPMPipeline(DiffusionPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        num_inference_steps, eta = self.sampling_setting(num_inference_steps, eta)
         self._check_arguments(
             batch_size, generator, num_inference_steps, guidance_scale, output_type,
             callback_on_step_end, callback_on_step_end_tensor_inputs,

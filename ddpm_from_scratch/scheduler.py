@@ -34,6 +34,7 @@ from .beta_schedules import BETA_SCHEDULES, make_betas
 from .diffusion_math import (
     ANALYTIC_VARIANCE_TYPE,
     MIN_VARIANCE,
+    MODEL_ERROR_VARIANCE_TYPE,
     PREDICTION_TYPES,
     VARIANCE_TYPES,
     DiffusionChain,
@@ -96,8 +97,11 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
     itself, diffusers' convention) and ``learned_range`` (the model outputs v in [-1, 1] and
     log sigma^2 = (v+1)/2 log beta_t + (1-v)/2 log beta~_t, Nichol & Dhariwal 2021 eq. 15), and
     ``analytic``: the bound-optimal variance of Analytic-DPM (A1 clipped to A2), from the per-timestep
-    statistic ``analytic_eps_sq_mean`` (Gamma_t, A3; ``ddpm-estimate-variance`` writes it), the one
-    config key diffusers' DDPMScheduler lacks.
+    statistic ``analytic_eps_sq_mean`` (Gamma_t, A3), and ``analytic_model_error``: the optimum for the
+    model's own mean (D4), from ``analytic_eps_error_sq_mean`` (Delta_t). ``ddpm-estimate-variance``
+    writes both statistics; they are the two config keys diffusers' DDPMScheduler lacks.
+
+    ``step(..., eta=...)`` takes the DDIM family's step instead of DDPM's (D1-D4): eta = 0 is DDIM.
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
@@ -130,7 +134,9 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
         analytic_eps_sq_mean: Sequence[float] | None = None,
+        analytic_eps_error_sq_mean: Sequence[float] | None = None,
     ):
+        self._reverse_step_config: tuple[object, ReverseStepConfig] | None = None
         self._check_config(locals())
         betas = make_betas(
             beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas, rescale_betas_zero_snr
@@ -138,13 +144,19 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         if trained_betas is not None and len(betas) != num_train_timesteps:
             # diffusers' convention: trained_betas define T. Keep the config consistent with them.
             self.register_to_config(num_train_timesteps=len(betas))
-        eps_sq_mean = self._checked_eps_sq_mean(analytic_eps_sq_mean, variance_type, len(betas))
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)
-        self._eps_sq_mean = eps_sq_mean
-        self.forward_chain = DiffusionChain.training_chain(alphas_cumprod, eps_sq_mean)
+        # the chains' keywords: the model statistics of the analytic variances and the data range of A2
+        self._statistics = {
+            "eps_sq_mean": self._checked_statistic(
+                "analytic_eps_sq_mean", analytic_eps_sq_mean, variance_type == ANALYTIC_VARIANCE_TYPE, len(betas)),
+            "eps_error_sq_mean": self._checked_statistic(
+                "analytic_eps_error_sq_mean", analytic_eps_error_sq_mean,
+                variance_type == MODEL_ERROR_VARIANCE_TYPE, len(betas)),
+            "data_half_range": self.reverse_step_config.data_half_range,
+        }
+        self.forward_chain = DiffusionChain.training_chain(alphas_cumprod, **self._statistics)
         self.sampling_chain = self.forward_chain
         self._chains_on_device: dict[tuple[int, str], tuple[DiffusionChain, DiffusionChain]] = {}
-        self._reverse_step_config: tuple[object, ReverseStepConfig] | None = None
 
         # float32 views under diffusers' attribute names, for code that reads them directly
         self.betas = betas.float()
@@ -181,31 +193,37 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         )
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {ratio}")
+        if clean["rescale_betas_zero_snr"] and config["prediction_type"] == "epsilon":
+            # abar_{T-1} = 0: x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) is 0/0 there (x_T is the noise)
+            raise ValueError(
+                "rescale_betas_zero_snr=True needs prediction_type 'v_prediction' (Lin et al. 2024) or 'sample': "
+                "at zero terminal SNR an epsilon prediction does not determine x_0 at t = T-1"
+            )
         self.register_to_config(**clean)
 
-    def _checked_eps_sq_mean(self, eps_sq_mean, variance_type: str, num_train_timesteps: int) -> torch.Tensor | None:
-        """Gamma_t of the analytic variance (A3): finite, >= 0, one per training timestep; stored as a list."""
-        if eps_sq_mean is None:
-            if variance_type == ANALYTIC_VARIANCE_TYPE:
+    def _checked_statistic(self, key: str, values, required: bool, num_train_timesteps: int) -> torch.Tensor | None:
+        """A per-timestep model statistic of the analytic variances: Gamma_t (A3, ``analytic_eps_sq_mean``)
+        or Delta_t (D4, ``analytic_eps_error_sq_mean``); finite, >= 0, one per training timestep; stored as a list."""
+        if values is None:
+            if required:
                 raise ValueError(
-                    "variance_type='analytic' needs analytic_eps_sq_mean, Gamma_t = E ||eps_theta(x_t, t)||^2 / d "
-                    "for each of the num_train_timesteps timesteps; estimate it for a saved pipeline with "
-                    "`ddpm-estimate-variance PATH --num-images N` (or "
-                    "ddpm_from_scratch.bound.analytic_variance.estimate_eps_sq_mean)"
+                    f"variance_type={self.config.variance_type!r} needs {key}, one value per training timestep "
+                    "(Gamma_t = E ||eps_theta(x_t, t)||^2 / d for 'analytic', Delta_t = E ||eps - eps_theta(x_t, t)||^2 / d "
+                    "for 'analytic_model_error'); estimate both for a saved pipeline with "
+                    "`ddpm-estimate-variance PATH --num-images N` (or ddpm_from_scratch.bound.analytic_variance.estimate_eps_sq_mean)"
                 )
             return None
-        array = np.asarray(eps_sq_mean.detach().cpu() if isinstance(eps_sq_mean, torch.Tensor) else eps_sq_mean)
+        array = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values)
         if array.dtype.kind not in "iuf":
-            raise ArgumentTypeError(f"analytic_eps_sq_mean must be real numbers, got {array.dtype} values")
+            raise ArgumentTypeError(f"{key} must be real numbers, got {array.dtype} values")
         if array.shape != (num_train_timesteps,):
             raise ValueError(
-                f"analytic_eps_sq_mean must have one value per training timestep, shape ({num_train_timesteps},), "
-                f"got shape {array.shape}"
+                f"{key} must have one value per training timestep, shape ({num_train_timesteps},), got shape {array.shape}"
             )
         if not (np.isfinite(array).all() and (array >= 0).all()):
-            raise ValueError("analytic_eps_sq_mean must be finite and >= 0 (it is a mean of squares)")
+            raise ValueError(f"{key} must be finite and >= 0 (it is a mean of squares)")
         array = array.astype(np.float64)
-        self.register_to_config(analytic_eps_sq_mean=array.tolist())
+        self.register_to_config(**{key: array.tolist()})
         return torch.from_numpy(array)
 
     # ---- the diffusers scheduler contract -------------------------------------------------
@@ -231,7 +249,7 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         self.custom_timesteps = timesteps is not None
         self.num_inference_steps = len(chain)
         self.timesteps = torch.from_numpy(chain).to(device)
-        self.sampling_chain = DiffusionChain.strided(self.forward_chain.alphas_cumprod, chain, self._eps_sq_mean)
+        self.sampling_chain = DiffusionChain.strided(self.forward_chain.alphas_cumprod, chain, **self._statistics)
         self._chains_on_device.clear()
 
     def chain_timesteps(
@@ -260,7 +278,7 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         if num_inference_steps is None and timesteps is None:
             return self._chain_on(device, self.forward_chain)
         walk = torch.tensor(self.chain_timesteps(num_inference_steps, timesteps))
-        chain = DiffusionChain.strided(self.forward_chain.alphas_cumprod, walk, self._eps_sq_mean)
+        chain = DiffusionChain.strided(self.forward_chain.alphas_cumprod, walk, **self._statistics)
         return chain if device is None else chain.to(device)
 
     @property
@@ -310,8 +328,18 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
         variance_noise: torch.Tensor | None = None,
+        eta: float | None = None,
     ) -> ScratchDDPMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """One ancestral sampling step x_t -> x_s, s = ``previous_timestep(t)``.
+        """One sampling step x_t -> x_s, s = ``previous_timestep(t)``: DDPM's, or the DDIM family's with ``eta``.
+
+        ``eta`` (DDIMScheduler's argument): None is DDPM's ancestral step (diffusers' DDPMScheduler,
+        exactly); a number in [0, 1] steps with the DDIM family's posterior q_sigma(x_s | x_t, x_0),
+        sigma^2 = eta^2 beta~_{t|s} (D1-D2): 0 is DDIM (deterministic, no noise drawn), 1 DDPM's
+        posterior again. With eta, ``variance_type`` "analytic" / "analytic_model_error" give the
+        family's optimal variance (D3-D4), which adds noise even at eta = 0 (Analytic-DDIM);
+        fixed_large and the learned types are refused. The step's noise
+        always comes from the x_0 the model gives after clipping, so eta = 0 equals diffusers'
+        ``DDIMScheduler.step(..., use_clipped_model_output=True)``.
 
         ``variance_noise`` (DDIMScheduler's argument): the z of sigma_t z, drawn by the caller (shape
         of ``sample``) instead of from ``generator``; the sampling loop uses it to draw noise outside a
@@ -329,10 +357,12 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         if self.check_finite:
             require_finite(t, model_output=model_output, sample=sample)
         chain = self._chain_for(t, sample.device, self.sampling_chain)
-        reverse = p_mean_variance(chain, model_output, sample, t, self.reverse_step_config)
+        reverse = p_mean_variance(chain, model_output, sample, t, self.reverse_step_config, eta)
         prev_sample, pred_original_sample = reverse.mean, reverse.pred_xstart
         # diffusers draws noise exactly when t > 0; doing the same keeps the random streams equal.
-        if self._draws_noise(t):
+        # DDIM (eta = 0, variance lambda^2 = 0) adds none and draws none, as diffusers' DDIMScheduler.
+        deterministic = eta == 0 and self.config.variance_type in ("fixed_small", "fixed_small_log")
+        if not deterministic and self._draws_noise(t):
             if variance_noise is None:
                 noise = draw_noise(sample.shape, generator, sample.device, model_output.dtype)
             else:
@@ -393,7 +423,8 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         For the step t -> previous_timestep(t) it returns what diffusers returns, whose unit depends on
         the type: fixed_small: beta~ (floored at 1e-20); fixed_small_log: its square root, the std;
         fixed_large: beta; fixed_large_log: log beta; learned: ``predicted_variance`` itself;
-        learned_range: the interpolated log-variance; analytic: sigma*^2 (A1 clipped to A2).
+        learned_range: the interpolated log-variance; analytic: sigma*^2 (A1 clipped to A2);
+        analytic_model_error: D4's variance.
         A float32 tensor, like diffusers'.
         """
         t = self._host_timestep(t)
@@ -419,6 +450,7 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
             "fixed_large": lambda: beta,
             "fixed_large_log": lambda: math.log(beta),
             ANALYTIC_VARIANCE_TYPE: lambda: math.exp(model_log_variance(chain, t, self.betas, variance_type, None)),
+            MODEL_ERROR_VARIANCE_TYPE: lambda: math.exp(model_log_variance(chain, t, self.betas, variance_type, None)),
         }[variance_type]()
         return torch.tensor(value, dtype=torch.float32)
 

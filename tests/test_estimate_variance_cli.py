@@ -52,6 +52,12 @@ def test_the_statistic_is_written_and_used_only_when_asked(saved, capsys):
     images = pipeline(batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0),
                       output_type="np").images
     assert images.shape == (2, 8, 8, 1) and (images >= 0).all() and (images <= 1).all()
+    # Delta_t comes from the same pass, and --set-default analytic_model_error samples with it
+    assert config["analytic_eps_error_sq_mean"] == pytest.approx(direct.eps_error_sq_mean.tolist(), rel=1e-5)
+    assert main([str(saved), *ARGS, "--set-default", "analytic_model_error"]) == 0
+    model_error = ScratchDDPMPipeline.from_pretrained(saved)
+    assert model_error.scheduler.config.variance_type == "analytic_model_error"
+    assert model_error(batch_size=2, num_inference_steps=5, output_type="np").images.shape == (2, 8, 8, 1)
     # without --set-default the statistic is there for a from_config swap
     swapped = ScratchDDPMScheduler.from_config(pipeline.scheduler.config, variance_type="fixed_large")
     assert ScratchDDPMScheduler.from_config(swapped.config, variance_type="analytic").config.analytic_eps_sq_mean
@@ -86,7 +92,7 @@ def test_out_writes_a_new_pipeline_and_leaves_the_folder_as_it_was(saved, tmp_pa
     before = {p.relative_to(saved).as_posix(): p.read_bytes() for p in saved.rglob("*") if p.is_file()}
     out = tmp_path / "with-estimate"
     assert main([str(saved), *ARGS, "--out", str(out), "--set-default"]) == 0
-    assert f"wrote analytic_eps_sq_mean to {out / 'scheduler' / 'scheduler_config.json'}" in capsys.readouterr().out
+    assert f"wrote analytic_eps_sq_mean and analytic_eps_error_sq_mean to {out / 'scheduler' / 'scheduler_config.json'}" in capsys.readouterr().out
     assert {p.relative_to(saved).as_posix(): p.read_bytes() for p in saved.rglob("*") if p.is_file()} == before
     estimated = ScratchDDPMPipeline.from_pretrained(out)  # its weights verify against its own manifest
     assert estimated.scheduler.config.variance_type == "analytic"

@@ -69,16 +69,20 @@ def test_scratch_scheduler_in_the_pipeline_matches_diffusers_ddpm_pipeline():
     np.testing.assert_allclose(ours, expected, atol=1e-5)
 
 
-def test_same_images_as_diffusers_ddim_pipeline_with_eta():
+def test_same_images_as_diffusers_ddim_pipeline_with_eta_and_the_clipped_model_output():
+    """Our pipeline drives DDIMScheduler with use_clipped_model_output=True (docs/differences.md); diffusers'
+    DDIMPipeline gives the same images with that switch, and other ones by default (the random UNet's x_0
+    predictions leave [-1, 1], so clipping is active and the switch matters)."""
     unet = tiny_diffusers_unet()
     scheduler = DDIMScheduler.from_config(ddpm_scheduler().config)
     reference = DDIMPipeline(unet=unet, scheduler=scheduler)
     reference.set_progress_bar_config(disable=True)
-    expected = reference(batch_size=2, generator=seeded(5), num_inference_steps=STEPS, eta=0.5, output_type="np").images
-    ours = make_pipeline(unet, scheduler)(
-        batch_size=2, generator=seeded(5), num_inference_steps=STEPS, eta=0.5, output_type="np"
-    )
+    call = dict(batch_size=2, num_inference_steps=STEPS, eta=0.5, output_type="np")
+    expected = reference(generator=seeded(5), use_clipped_model_output=True, **call).images
+    diffusers_default = reference(generator=seeded(5), **call).images
+    ours = make_pipeline(unet, scheduler)(generator=seeded(5), **call)
     np.testing.assert_array_equal(ours.images, expected)
+    assert np.abs(ours.images - diffusers_default).max() > 1e-3
 
 
 def test_scheduler_whose_step_takes_no_generator_gives_diffusers_pndm_pipeline_images_and_rejects_eta():
@@ -256,13 +260,18 @@ def test_diffusers_class_conditional_unet_uses_its_last_class_as_null():
         (dict(batch_size=2, generator=[seeded(0)] * 3), "generator"),
         (dict(class_labels=0), "unconditional"),
         (dict(guidance_scale=2.0), "unconditional"),
-        (dict(eta=0.5), "eta"),
     ],
 )
 def test_bad_arguments_raise_value_errors(make_scheduler, kwargs, match):
     pipeline = make_pipeline(tiny_diffusers_unet(), make_scheduler())
     with pytest.raises(ValueError, match=match):
         pipeline(**{"num_inference_steps": STEPS, **kwargs})
+
+
+def test_eta_is_refused_by_a_scheduler_whose_step_does_not_take_it():
+    pipeline = make_pipeline(tiny_diffusers_unet(), ddpm_scheduler())
+    with pytest.raises(ValueError, match="eta is not an argument of DDPMScheduler.step"):
+        pipeline(num_inference_steps=STEPS, eta=0.5)
 
 
 @pytest.mark.parametrize(

@@ -39,12 +39,15 @@ CLIPPING = {
 
 # Gamma_t for the analytic variance: values in [0, 1.3], so that both clipping bounds (A2) are hit somewhere
 EPS_SQ_MEAN = (0.65 + 0.65 * torch.sin(torch.arange(1000, dtype=F64) / 37.0)).tolist()
+# Delta_t for the model-error-aware variance: a noise-prediction error in [0.01, 0.41]
+EPS_ERROR_SQ_MEAN = (0.21 + 0.2 * torch.cos(torch.arange(1000, dtype=F64) / 53.0)).tolist()
+STATISTICS = {"analytic": dict(analytic_eps_sq_mean=EPS_SQ_MEAN),
+              "analytic_model_error": dict(analytic_eps_error_sq_mean=EPS_ERROR_SQ_MEAN)}
 
 
 def make_scheduler(variance_type, prediction_type, clipping, num_inference_steps=None):
-    analytic = dict(analytic_eps_sq_mean=EPS_SQ_MEAN) if variance_type == "analytic" else {}
     sched = ScratchDDPMScheduler(variance_type=variance_type, prediction_type=prediction_type,
-                                 **CLIPPING[clipping], **analytic)
+                                 **CLIPPING[clipping], **STATISTICS.get(variance_type, {}))
     if num_inference_steps is not None:
         sched.set_timesteps(num_inference_steps)
     return sched
@@ -81,11 +84,16 @@ def reference_step(sched, out, x, t):
         x0 = x0.clamp(-1, 1)
     mean = math.sqrt(a_s) * beta / (1 - a_t) * x0 + math.sqrt(1 - beta) * (1 - a_s) / (1 - a_t) * x
     beta_tilde = (1 - a_s) / (1 - a_t) * beta  # E3 corrected
-    # A1 (Analytic-DPM Theorem 1) clipped to A2 (Theorem 2, data in [-1, 1])
+    # A1 (Analytic-DPM Theorem 1) clipped to A2 (Theorem 2, data in [-r, r]: r is what x_0 is clipped or
+    # thresholded to)
+    r = config.sample_max_value if config.thresholding else 1.0
     optimal = beta_tilde + beta**2 / ((1 - beta) * (1 - a_t)) * (1 - EPS_SQ_MEAN[t])
-    analytic = min(max(optimal, beta_tilde), beta_tilde + a_s * beta**2 / (1 - a_t) ** 2)
+    analytic = min(max(optimal, beta_tilde), beta_tilde + a_s * beta**2 / (1 - a_t) ** 2 * r**2)
+    # D4 at eta = 1: the x_0 coefficient of P2 squared, times E||x_0 - x0_hat||^2 / d = (1 - a_t) / a_t Delta_t
+    model_error = beta_tilde + a_s * beta**2 / (1 - a_t) ** 2 * (1 - a_t) / a_t * EPS_ERROR_SQ_MEAN[t]
     variance = {
         "analytic": analytic,
+        "analytic_model_error": model_error,
         "fixed_small": beta_tilde,
         "fixed_small_log": beta_tilde,
         "fixed_large": beta,
@@ -209,7 +217,8 @@ def test_the_chain_the_bound_takes_is_the_one_set_timesteps_walks(spacing):
     sched.set_timesteps(10)
     assert walk == sched.timesteps.tolist() and int(chain.prev_timesteps[walk[-1]]) == -1
     for field in dataclasses.fields(DiffusionChain):
-        torch.testing.assert_close(getattr(chain, field.name), getattr(sched.sampling_chain, field.name), rtol=0, atol=0)
+        torch.testing.assert_close(getattr(chain, field.name), getattr(sched.sampling_chain, field.name), rtol=0, atol=0,
+                                   equal_nan=True)  # the statistics a scheduler was not given are NaN
     assert sched.chain_timesteps(timesteps=[999, 500, 3]) == [999, 500, 3]
     with pytest.raises(ValueError, match="exactly one of"):
         sched.diffusion_chain(num_inference_steps=10, timesteps=[999, 500, 3])

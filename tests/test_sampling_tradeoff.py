@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
+import torch
 from _helpers import table_rows
 from _pipeline_fixtures import NUM_TRAIN_TIMESTEPS, scratch_scheduler, tiny_scratch_unet
+
+from diffusers import DDIMScheduler
 
 from benchmarks import sampling_tradeoff
 from ddpm_from_scratch.cli.estimate_variance import main as estimate_variance
@@ -34,16 +38,23 @@ def test_every_method_and_step_count_gets_a_row_and_a_rerun_resumes(script, save
     capsys.readouterr()
     result = script.main(args)
     output = capsys.readouterr().out
+    config = ScratchDDPMPipeline.from_pretrained(saved).scheduler.config
+    methods = [m for m in script.METHODS if script.missing_statistic(m, config) is None]
+    assert (set(script.METHODS) - set(methods) <= {"analytic_model_error"}
+            and ("skipping analytic_model_error" in output) == (len(methods) < len(script.METHODS)))
     rows = {(row[0], int(row[1])): row for row in table_rows(output)}
-    assert set(rows) == {(m, k) for m in script.METHODS for k in (2, 5, NUM_TRAIN_TIMESTEPS)}
+    assert set(rows) == {(m, k) for m in methods for k in (2, 5, NUM_TRAIN_TIMESTEPS)}
     assert rows[("fixed_small", NUM_TRAIN_TIMESTEPS)][-1] == "baseline"
     assert all(row[-1] in ("yes", "no", "baseline") for row in rows.values())
-    assert all(row[2] == "-" for (method, _), row in rows.items() if method == "ddim")  # DDIM has no bound
-    assert all("+-" in row[2] for (method, _), row in rows.items() if method != "ddim")
+    for (method, _), row in rows.items():  # a bound where the method has one: sigma = 0 has no density
+        spec = script.METHODS[method]
+        assert ("+-" in row[2]) == (spec.has_bound and script.bound_takes(spec.eta)), row
+    assert all(rows[(m, k)][2] == "-" for m in ("ddim", "diffusers_ddim") for k in (2, 5))
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     cells = {(c["method"], c["steps"]): c for c in result["cells"]}
     assert cells[("ddim", 2)]["bound"] is None and cells[("analytic", 2)]["bound"]["bits_per_dim"] > 0
+    assert cells[("ddim", 2)]["eta"] == 0.0 and cells[("diffusers_ddim", 2)]["eta"] is None
     assert result["reference"]["num_images"] == 4 and result["reference"]["frechet_distance_sd"] > 0
 
     saved_json = json.loads(out_json.read_text())
@@ -56,3 +67,28 @@ def test_every_method_and_step_count_gets_a_row_and_a_rerun_resumes(script, save
 def test_the_analytic_rows_need_the_statistic_before_anything_runs(script, saved):
     with pytest.raises(ValueError, match="ddpm-estimate-variance"):
         script.main([str(saved), "--num-images", "4", "--steps", "2", "--methods", "analytic"])
+
+
+def test_the_model_error_rows_are_skipped_with_a_message_without_their_statistic(script, saved, capsys):
+    script.main([str(saved), "--num-images", "2", "--nll-images", "0", "--steps", "2", "--methods",
+                 "analytic_model_error", "fixed_small"])
+    output = capsys.readouterr().out
+    assert "skipping analytic_model_error: the saved scheduler config has no analytic_eps_error_sq_mean" in output
+    assert {row[0] for row in table_rows(output)} == {"fixed_small"}
+
+
+def test_diffusers_ddim_rows_step_as_diffusers_ships_and_ddim_rows_with_the_clipped_model_output(script):
+    """diffusers_ddim is diffusers' DDIMScheduler stepped with its default use_clipped_model_output=False, even
+    inside our pipeline (which passes True to a step that takes the switch); ddim is our eta = 0 step."""
+    config = ScratchDDPMPipeline(unet=tiny_scratch_unet(), scheduler=scratch_scheduler()).scheduler.config
+    shipped, reference = script.scheduler_for("diffusers_ddim", config), DDIMScheduler.from_config(config)
+    assert "use_clipped_model_output" not in inspect.signature(shipped.step).parameters
+    shipped.set_timesteps(5)
+    reference.set_timesteps(5)
+    generator = torch.Generator().manual_seed(0)
+    x, eps = 3 * torch.randn(2, 1, 8, 8, generator=generator), torch.randn(2, 1, 8, 8, generator=generator)
+    t = reference.timesteps[3]
+    default = reference.step(eps, t, x, use_clipped_model_output=False).prev_sample
+    torch.testing.assert_close(shipped.step(eps, t, x).prev_sample, default, rtol=0, atol=0)
+    assert not torch.allclose(reference.step(eps, t, x, use_clipped_model_output=True).prev_sample, default)
+    assert script.METHODS["ddim"] == script.Method("fixed_small", 0.0, False)

@@ -1,5 +1,9 @@
 """Swapping ScratchDDPMScheduler into diffusers' own pipelines gives the same images.
 
+Pipelines that pass ``eta`` to every scheduler whose ``step`` takes it (Stable Diffusion: default
+0.0, "DDIM") get the DDIM family's step at that eta: eta=1.0 is DDPM's step (DDPMScheduler's
+images), the default 0.0 is DDIM (DDIMScheduler's images).
+
 Every component is a tiny random-weight model built from a config (no Hub downloads); the CLIP
 tokenizer has a byte-level vocabulary written here (no merges), which tokenizes any prompt.
 """
@@ -13,6 +17,7 @@ import pytest
 import torch
 from diffusers import (
     AutoencoderKL,
+    DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
     StableDiffusionImg2ImgPipeline,
@@ -100,11 +105,23 @@ def test_stable_diffusion_pipeline(sd_components):
     pipe = StableDiffusionPipeline(**sd_components)
     pipe.set_progress_bar_config(disable=True)
     reference, ours = images_with_both_schedulers(
-        pipe, prompt=["a red cube", "a blue sphere"], num_inference_steps=4, height=16, width=16, guidance_scale=3.0
+        pipe, prompt=["a red cube", "a blue sphere"], num_inference_steps=4, height=16, width=16, guidance_scale=3.0,
+        eta=1.0,
     )
     assert reference.shape == ours.shape == (2, 16, 16, 3)
     assert np.abs(reference - ours).max() < IMAGE_ATOL
     assert reference.std() > 0.01 and np.abs(reference[0] - reference[1]).max() > 0.01  # not blank, not one image twice
+
+
+def test_stable_diffusions_default_eta_gives_ddims_images(sd_components):
+    pipe = StableDiffusionPipeline(**{**sd_components, "scheduler": DDIMScheduler.from_config(sd_components["scheduler"].config)})
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt="a red cube", num_inference_steps=4, height=16, width=16, guidance_scale=3.0)
+    ddim, ours = images_with_both_schedulers(pipe, **kwargs)  # SD's eta=0.0
+    assert np.abs(ddim - ours).max() < IMAGE_ATOL
+    ddpm = StableDiffusionPipeline(**sd_components)
+    ddpm.set_progress_bar_config(disable=True)
+    assert np.abs(ddpm(generator=torch.Generator().manual_seed(0), output_type="np", **kwargs).images - ours).max() > 0.01
 
 
 def test_stable_diffusion_img2img_pipeline_uses_add_noise(sd_components):
@@ -112,7 +129,7 @@ def test_stable_diffusion_img2img_pipeline_uses_add_noise(sd_components):
     pipe.set_progress_bar_config(disable=True)
     init = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     reference, ours = images_with_both_schedulers(
-        pipe, prompt="a green cone", image=init, strength=0.6, num_inference_steps=5, guidance_scale=3.0
+        pipe, prompt="a green cone", image=init, strength=0.6, num_inference_steps=5, guidance_scale=3.0, eta=1.0
     )
     assert reference.shape == ours.shape == (1, 16, 16, 3)
     assert np.abs(reference - ours).max() < IMAGE_ATOL

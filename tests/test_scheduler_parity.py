@@ -195,6 +195,9 @@ def test_final_step_of_a_chain_not_ending_at_zero_adds_no_noise():
     assert not torch.allclose(a.prev_sample, a.pred_original_sample, atol=1e-3)
 
 
+STATISTIC_KEYS = {"analytic_eps_sq_mean", "analytic_eps_error_sq_mean"}
+
+
 def test_from_config_both_directions_and_save_load(tmp_path):
     config = dict(beta_schedule="squaredcos_cap_v2", variance_type="fixed_large", prediction_type="v_prediction",
                   timestep_spacing="trailing", steps_offset=1, clip_sample=False, rescale_betas_zero_snr=True)
@@ -202,12 +205,12 @@ def test_from_config_both_directions_and_save_load(tmp_path):
     ours = ScratchDDPMScheduler.from_config(ref.config)
     back = DDPMScheduler.from_config(ours.config)
     for key in DDPMScheduler().config:
-        if key == "_use_default_values":  # ours also lists its own default analytic_eps_sq_mean
-            assert set(ours.config[key]) - {"analytic_eps_sq_mean"} == set(ref.config[key]) == set(back.config[key])
+        if key == "_use_default_values":  # ours also lists its own defaults of the analytic statistics
+            assert set(ours.config[key]) - STATISTIC_KEYS == set(ref.config[key]) == set(back.config[key])
             continue
         assert ours.config[key] == ref.config[key] == back.config[key], key
-    # one key more: the statistic of the analytic variance, which DDPMScheduler lacks (it ignores the key)
-    assert set(ScratchDDPMScheduler().config) == set(DDPMScheduler().config) | {"analytic_eps_sq_mean"}
+    # two keys more: the statistics of the analytic variances, which DDPMScheduler lacks (it ignores them)
+    assert set(ScratchDDPMScheduler().config) == set(DDPMScheduler().config) | STATISTIC_KEYS
     ours.save_pretrained(tmp_path)
     loaded = ScratchDDPMScheduler.from_pretrained(tmp_path)
     public = lambda c: {k: v for k, v in c.items() if not k.startswith("_")}  # noqa: E731

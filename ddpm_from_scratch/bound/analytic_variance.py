@@ -1,14 +1,20 @@
-"""Gamma_t = E ||eps_theta(x_t, t)||^2 / d by Monte Carlo over data: the statistic of the analytic variance.
+"""The model statistics of the analytic variances, by Monte Carlo over data, in one pass.
 
 The optimal reverse variance (Bao et al. 2022, Analytic-DPM; A1-A2 in ``docs/derivation.md``,
 ``diffusion_math.analytic_variance``) depends on the model only through
 
     A3:  Gamma_t = E_{x_0 ~ data, eps ~ N(0, I)} ||eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t)||^2 / d
 
-one number per training timestep, estimated once per model. ``estimate_eps_sq_mean`` draws one x_t
-per (image, timestep) pair and averages over the images; a batch mixes timesteps, so each model call
-serves many of them. The result goes into the scheduler's config (``analytic_eps_sq_mean``), which a
-saved pipeline keeps; ``ddpm-estimate-variance`` does that for a saved folder.
+and the optimum for the model's own mean (D4, ``diffusion_math.model_error_variance``) through its
+noise-prediction error
+
+    D4:  Delta_t = E ||eps - eps_theta(x_t, t)||^2 / d
+
+one number each per training timestep, estimated once per model from the same model calls.
+``estimate_eps_sq_mean`` draws one x_t per (image, timestep) pair and averages over the images; a
+batch mixes timesteps, so each model call serves many of them. The results go into the scheduler's
+config (``analytic_eps_sq_mean``, ``analytic_eps_error_sq_mean``), which a saved pipeline keeps;
+``ddpm-estimate-variance`` does that for a saved folder.
 """
 
 from __future__ import annotations
@@ -28,19 +34,26 @@ from ..tensor_utils import draw_noise, require_int
 
 @dataclass
 class EpsSqMeanEstimate:
-    """Gamma_t (A3) at every training timestep, with its Monte-Carlo standard error.
+    """Gamma_t (A3) and Delta_t (D4) at every training timestep, with their Monte-Carlo standard errors.
 
     ``timesteps`` are those the model was evaluated at; values in between are linearly interpolated.
     """
 
-    eps_sq_mean: torch.Tensor  # (T,) float64
+    eps_sq_mean: torch.Tensor  # (T,) float64, Gamma_t
     standard_error: torch.Tensor  # (T,) float64
     timesteps: torch.Tensor  # (K,) int64, ascending
     num_images: int
+    eps_error_sq_mean: torch.Tensor  # (T,) float64, Delta_t
+    error_standard_error: torch.Tensor  # (T,) float64
 
     def tolist(self) -> list[float]:
-        """The statistic as ``ScratchDDPMScheduler(analytic_eps_sq_mean=...)`` takes it."""
+        """Gamma_t as ``ScratchDDPMScheduler(analytic_eps_sq_mean=...)`` takes it."""
         return self.eps_sq_mean.tolist()
+
+    def scheduler_config(self) -> dict[str, list[float]]:
+        """Both statistics under their scheduler config keys."""
+        return {"analytic_eps_sq_mean": self.eps_sq_mean.tolist(),
+                "analytic_eps_error_sq_mean": self.eps_error_sq_mean.tolist()}
 
 
 def evaluated_timesteps(num_train_timesteps: int, num_timesteps_sampled: int | None) -> torch.Tensor:
@@ -71,12 +84,13 @@ def estimate_eps_sq_mean(
     model_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> EpsSqMeanEstimate:
-    """Gamma_t = E ||eps_theta(x_t, t)||^2 / d (A3) for every training timestep, by Monte Carlo.
+    """Gamma_t = E ||eps_theta(x_t, t)||^2 / d (A3) and Delta_t = E ||eps - eps_theta(x_t, t)||^2 / d (D4)
+    for every training timestep, by Monte Carlo.
 
     Every image is noised once at every evaluated timestep (F2) and ``unet`` predicts the noise;
     for ``sample`` and ``v_prediction`` models the prediction is converted to eps (E4 inverted, or
     from v), and a 2C-channel output is scored on its mean half. Gamma_t is the mean over the images of
-    ||eps_theta||^2 / d, with standard error std / sqrt(N).
+    ||eps_theta||^2 / d, Delta_t that of ||eps - eps_theta||^2 / d, each with standard error std / sqrt(N).
 
     Args:
         unet: called as ``unet(x_t, timesteps, **model_kwargs)``; a diffusers UNet or any callable.
@@ -106,8 +120,9 @@ def estimate_eps_sq_mean(
     device, dtype = images.device, torch.float32 if images.dtype in (torch.float16, torch.bfloat16) else images.dtype
     chain = scheduler.diffusion_chain(device=device)  # the training chain
     model_kwargs = dict(model_kwargs or {})
-    total = torch.zeros(k, dtype=torch.float64, device=device)
-    total_sq = torch.zeros(k, dtype=torch.float64, device=device)
+    # per timestep: sums of ||eps_theta||^2 / d and of its square (row 0), and of ||eps - eps_theta||^2 / d (row 1)
+    total = torch.zeros(2, k, dtype=torch.float64, device=device)
+    total_sq = torch.zeros(2, k, dtype=torch.float64, device=device)
     device_timesteps = timesteps.to(device)
 
     bar = tqdm(total=n * k, desc=f"Gamma_t at {k} timesteps", unit="img", disable=not progress)
@@ -123,9 +138,10 @@ def estimate_eps_sq_mean(
         output = call_model(unet, x_t.to(images.dtype), t, kwargs).to(dtype)
         mean_part, _ = split_model_output(output, x_t, config.variance_type)
         eps = predict_eps(chain, mean_part, x_t, t, config.prediction_type)
-        per_pair = eps.to(torch.float64).reshape(len(pairs), -1).pow(2).mean(dim=1)
-        total.index_add_(0, timestep_index, per_pair)
-        total_sq.index_add_(0, timestep_index, per_pair**2)
+        eps = eps.to(torch.float64).reshape(len(pairs), -1)
+        per_pair = torch.stack([eps.pow(2).mean(dim=1), (noise.to(torch.float64).reshape(len(pairs), -1) - eps).pow(2).mean(dim=1)])
+        total.index_add_(1, timestep_index, per_pair)
+        total_sq.index_add_(1, timestep_index, per_pair**2)
         bar.update(len(pairs))
     bar.close()
 
@@ -133,10 +149,12 @@ def estimate_eps_sq_mean(
     variance = ((total_sq / n).cpu() - mean**2).clamp(min=0) * (n / max(n - 1, 1))
     standard_error = (variance / n).sqrt() if n > 1 else torch.full_like(mean, math.nan)
     return EpsSqMeanEstimate(
-        eps_sq_mean=_interpolate(timesteps, mean, T),
-        standard_error=_interpolate(timesteps, standard_error, T),
+        eps_sq_mean=_interpolate(timesteps, mean[0], T),
+        standard_error=_interpolate(timesteps, standard_error[0], T),
         timesteps=timesteps,
         num_images=n,
+        eps_error_sq_mean=_interpolate(timesteps, mean[1], T),
+        error_standard_error=_interpolate(timesteps, standard_error[1], T),
     )
 
 

@@ -1,5 +1,6 @@
 """What the console commands share: argument types, device resolution, output-path checks, the
-reverse-process variance override, and turning a user's mistake into one ``prog: error: ...`` line.
+scheduler and reverse-process variance overrides, and turning a user's mistake into one
+``prog: error: ...`` line.
 
 Every check here runs before any long work (loading a model, sampling), so a typo in ``--out`` or
 ``--device`` costs seconds, not a sampling run.
@@ -16,6 +17,9 @@ from typing import Any, NoReturn
 import torch
 
 VARIANCE_CHOICES = ("saved", "fixed_small", "fixed_large", "learned_range")
+# --scheduler: the saved one, or diffusers' DDIMScheduler with the same betas (stepped with
+# use_clipped_model_output=True by the pipeline, ScratchDDPMPipeline._step_kwargs)
+SCHEDULER_CHOICES = ("saved", "ddim")
 # a command's user-facing failures (a bad path, a folder that is not a model, a bad value, a Hub error);
 # anything else is a bug and keeps its traceback
 USER_ERRORS = (ValueError, OSError)
@@ -117,6 +121,18 @@ def write_output(write: Callable[[Path], Any], path: Path, option: str) -> Any:
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise OSError(f"could not write {option} {str(path)!r}: {reason}") from error
+
+
+def chosen_scheduler(choice: str, saved: Any) -> Any:
+    """``--scheduler``: ``saved`` is the pipeline's own scheduler ``saved``; ``ddim`` is diffusers' DDIMScheduler
+    built from its config (same betas, prediction type and clipping)."""
+    if choice not in SCHEDULER_CHOICES:
+        raise ValueError(f"--scheduler must be one of {SCHEDULER_CHOICES}, got {choice!r}")
+    if choice == "saved":
+        return saved
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(saved.config)
 
 
 def override_variance_type(pipeline: Any, variance_type: str) -> None:

@@ -1,13 +1,16 @@
-"""ddpm-estimate-variance: estimate Gamma_t for the analytic variance and store it in a saved pipeline.
+"""ddpm-estimate-variance: estimate the statistics of the analytic variances and store them in a saved pipeline.
 
     ddpm-estimate-variance PATH --num-images 1000
     ddpm-estimate-variance PATH --num-images 1000 --num-timesteps 100 --set-default
+    ddpm-estimate-variance PATH --num-images 1000 --set-default analytic_model_error
 
-Gamma_t = E ||eps_theta(x_t, t)||^2 / d (A3 in docs/derivation.md) is estimated on training images
-(``--dataset builtin:digits``: the digits' training split, as the trainer splits it) and written into
-PATH/scheduler/scheduler_config.json as ``analytic_eps_sq_mean`` (atomically). The saved sampler is
-unchanged unless ``--set-default`` also sets ``variance_type`` to "analytic"; otherwise choose it when
-loading: ``ScratchDDPMScheduler.from_config(pipe.scheduler.config, variance_type="analytic")``.
+Gamma_t = E ||eps_theta(x_t, t)||^2 / d (A3 in docs/derivation.md) and Delta_t = E ||eps - eps_theta||^2 / d
+(D4) are estimated from the same model calls on training images (``--dataset builtin:digits``: the
+digits' training split, as the trainer splits it) and written into PATH/scheduler/scheduler_config.json
+as ``analytic_eps_sq_mean`` and ``analytic_eps_error_sq_mean`` (atomically). The saved sampler is
+unchanged unless ``--set-default`` also sets ``variance_type`` ("analytic", or "analytic_model_error");
+otherwise choose it when loading:
+``ScratchDDPMScheduler.from_config(pipe.scheduler.config, variance_type="analytic_model_error")``.
 A class-conditional model is estimated as the unconditional model p(x) (the null class), as
 ``ddpm-evaluate`` measures it.
 
@@ -29,6 +32,7 @@ from ..saving.atomic_io import write_json_atomic
 from .args import check_new_folder, int_at_least, positive_int, resolve_device
 
 DATASETS = ("builtin:digits",)
+VARIANCE_CHOICES = ("analytic", "analytic_model_error")
 SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
 OUR_SCHEDULER = "ScratchDDPMScheduler"
 
@@ -53,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None,
                         help="save a pipeline with the estimate to this new (or empty) folder and leave PATH as it is "
                         "(required when PATH is a training checkpoint)")
-    parser.add_argument("--set-default", action="store_true",
-                        help="also set the saved scheduler's variance_type to 'analytic'")
+    parser.add_argument("--set-default", nargs="?", const="analytic", default=None, choices=VARIANCE_CHOICES,
+                        help="also set the saved scheduler's variance_type: 'analytic' (the default of the flag) or "
+                        "'analytic_model_error'")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -102,7 +107,7 @@ def estimate(args: argparse.Namespace) -> tuple[Path, dict]:
     if args.set_default and saved.get("_class_name") != OUR_SCHEDULER:
         raise ValueError(
             f"--set-default needs a saved {OUR_SCHEDULER}; this folder's scheduler is {saved.get('_class_name')!r}, "
-            "which would ignore variance_type='analytic'"
+            f"which would ignore variance_type={args.set_default!r}"
         )
     device = resolve_device(args.device)
     pipeline = load_any_pipeline(args.path)
@@ -124,9 +129,9 @@ def estimate(args: argparse.Namespace) -> tuple[Path, dict]:
         model_kwargs=unconditional_model_kwargs(unet, len(images), device),
         progress=not args.no_progress,
     )
-    saved["analytic_eps_sq_mean"] = result.tolist()
+    saved.update(result.scheduler_config())
     if args.set_default:
-        saved["variance_type"] = "analytic"
+        saved["variance_type"] = args.set_default
     if out is not None:  # the loaded pipeline (a checkpoint's: its EMA UNet) saved anew, then its config edited
         pipeline.to("cpu").save_pretrained(out, safe_serialization=True)
         config_file = out / SCHEDULER_CONFIG
@@ -142,7 +147,9 @@ def estimate(args: argparse.Namespace) -> tuple[Path, dict]:
         "num_timesteps_evaluated": len(result.timesteps),
         "min": float(result.eps_sq_mean.min()),
         "max": float(result.eps_sq_mean.max()),
-        "max_standard_error": float(result.standard_error.max()),
+        "max_standard_error": float(max(result.standard_error.max(), result.error_standard_error.max())),
+        "error_min": float(result.eps_error_sq_mean.min()),
+        "error_max": float(result.eps_error_sq_mean.max()),
     }
     return config_file, summary
 
@@ -155,11 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         parser.exit(1, f"ddpm-estimate-variance: error: {error}\n")
     print(
-        f"wrote analytic_eps_sq_mean to {config_file}: Gamma_t in [{summary['min']:.4f}, {summary['max']:.4f}] "
+        f"wrote analytic_eps_sq_mean and analytic_eps_error_sq_mean to {config_file}: "
+        f"Gamma_t in [{summary['min']:.4f}, {summary['max']:.4f}], "
+        f"Delta_t in [{summary['error_min']:.4f}, {summary['error_max']:.4f}] "
         f"from {summary['num_images']} images at {summary['num_timesteps_evaluated']} timesteps "
         f"(largest standard error {summary['max_standard_error']:.2g})"
-        + ("; variance_type is now 'analytic'" if args.set_default else
-           "; use it with variance_type='analytic' (or rerun with --set-default)")
+        + (f"; variance_type is now {args.set_default!r}" if args.set_default else
+           "; use them with variance_type='analytic' or 'analytic_model_error' (or rerun with --set-default)")
     )
     return 0
 

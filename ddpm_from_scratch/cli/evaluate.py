@@ -17,9 +17,11 @@ from typing import Sequence
 
 from ..saving.atomic_io import write_json_atomic
 from .args import (
+    SCHEDULER_CHOICES,
     USER_ERRORS,
     VARIANCE_CHOICES,
     check_output_file,
+    chosen_scheduler,
     exit_with_error,
     non_negative_int,
     override_variance_type,
@@ -42,10 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-samples", type=non_negative_int, default=360,
                         help="generated digits for the sample-quality figures (default 360; 0 skips)")
     parser.add_argument("--num-inference-steps", type=positive_int, default=None,
-                        help="sampling steps (default: the scheduler's num_train_timesteps, full DDPM sampling)")
+                        help="sampling steps (default: the pipeline's recorded default setting, else the "
+                             "scheduler's num_train_timesteps, full DDPM sampling)")
     parser.add_argument("--nll-images", type=non_negative_int, default=None,
                         help="held-out digits in the bound (default: all 360; 0 skips); the bound uses all T steps")
     parser.add_argument("--batch-size", type=positive_int, default=360, help="images per model call (default 360)")
+    parser.add_argument("--scheduler", choices=SCHEDULER_CHOICES, default="saved",
+                        help="samples with the saved scheduler, or 'ddim': diffusers' DDIMScheduler with the same "
+                             "betas, stepped with use_clipped_model_output=True (the bound uses the saved one)")
     parser.add_argument("--variance-type", choices=VARIANCE_CHOICES, default="saved",
                         help="reverse-process variance for the bound and the samples (default: the saved scheduler's)")
     parser.add_argument("--device", default="auto", help="torch device, e.g. cpu, cuda (default: cuda if available)")
@@ -78,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pipeline.to(device)
         report = evaluate_pipeline(
             pipeline,
+            sampling_scheduler=chosen_scheduler(args.scheduler, pipeline.scheduler),
             path=args.path,
             num_samples=args.num_samples,
             num_inference_steps=args.num_inference_steps,

@@ -2,11 +2,14 @@
 
     ddpm-sample PATH --num-images 64 --out grid.png
     ddpm-sample PATH --num-images 64 --out grid.png --num-inference-steps 250 --seed 0 --device cuda
+    ddpm-sample PATH --scheduler ddim --num-inference-steps 50 --out grid.png     # diffusers' DDIMScheduler
     ddpm-sample PATH --image digit.png --mask lower-half --out fills.png     # inpainting (cli/editing.py)
     ddpm-sample PATH --image digit.png --strength 0.5 --out edits.png       # image-to-image
 
 PATH is a folder written by ``save_pretrained``, a training checkpoint folder (checkpoint-N/: its
-EMA weights if it has them, else the raw ones) or a Hub repo id. Images come from
+EMA weights if it has them, else the raw ones) or a Hub repo id. Without ``--num-inference-steps`` a
+pipeline samples with the default setting it records (steps and eta), if any, else with all T
+steps (``ScratchDDPMPipeline.sampling_setting``). Images come from
 ``seeded_sampling.sample_with_image_seeds``: image i is drawn with its own generator seeded
 ``seed + i``, so a grid does not depend on ``--batch-size`` (or the device the noise is drawn on:
 generators live on the CPU), and it holds the images ``ddpm-evaluate`` and the trainer's grids draw
@@ -30,17 +33,17 @@ from ..sampling.images import make_image_grid, save_image_atomic
 from ..sampling.seeded import sample_with_image_seeds
 from .editing import add_editing_arguments, check_editing_arguments, edit_images
 from .args import (
+    SCHEDULER_CHOICES,
     USER_ERRORS,
     VARIANCE_CHOICES,
     check_output_file,
+    chosen_scheduler,
     exit_with_error,
     override_variance_type,
     positive_int,
     resolve_device,
     write_output,
 )
-
-SCHEDULER_CHOICES = ("saved", "ddim")
 
 
 def _class_label(text: str) -> int | str:
@@ -69,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-inference-steps",
         type=positive_int,
         default=None,
-        help="denoising steps (default: the scheduler's num_train_timesteps, i.e. full DDPM sampling)",
+        help="denoising steps (default: the pipeline's recorded default setting, else the scheduler's "
+        "num_train_timesteps, i.e. full DDPM sampling)",
     )
     parser.add_argument("--seed", type=int, default=0, help="image i uses a generator seeded seed + i (default 0)")
     parser.add_argument(
@@ -80,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler",
         choices=SCHEDULER_CHOICES,
         default="saved",
-        help="'saved' uses the pipeline's scheduler; 'ddim' swaps in diffusers' DDIMScheduler with the same betas",
+        help="'saved' uses the pipeline's scheduler; 'ddim' swaps in diffusers' DDIMScheduler with the same betas "
+        "(stepped with use_clipped_model_output=True)",
     )
     parser.add_argument(
         "--variance-type",
@@ -135,17 +140,14 @@ def load_sampling_pipeline(args: argparse.Namespace) -> tuple[object, int | None
     pipeline = load_any_pipeline(args.path)  # a stock diffusers pipeline (e.g. DDPMPipeline) samples too
     if not isinstance(pipeline, ScratchDDPMPipeline) and (args.class_label, args.guidance_scale) != (None, None):
         raise ValueError(f"--class-label and --guidance-scale need a ScratchDDPMPipeline, not a {type(pipeline).__name__}")
-    if args.scheduler == "ddim":
-        from diffusers import DDIMScheduler
-
-        pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    pipeline.scheduler = chosen_scheduler(args.scheduler, pipeline.scheduler)
     override_variance_type(pipeline, args.variance_type)
     conditioning = class_conditioning(pipeline.unet)
     num_classes = None if conditioning is None else conditioning[0]
     class_label_tensors(  # labels in range, guidance with labels: refused now, not after loading a batch
         pipeline.unet, _labels_for(args.class_label, 1, 0, num_classes), args.guidance_scale, 1, torch.device("cpu")
     )
-    steps = args.num_inference_steps or pipeline.scheduler.config.num_train_timesteps
+    steps, _ = sampling_setting(pipeline, args)
     if isinstance(pipeline, ScratchDDPMPipeline):
         pipeline._set_timesteps(steps, torch.device("cpu"))
     else:
@@ -153,14 +155,23 @@ def load_sampling_pipeline(args: argparse.Namespace) -> tuple[object, int | None
     return pipeline.to(device), num_classes
 
 
-def sample_grid(args: argparse.Namespace) -> tuple[np.ndarray, int]:
-    """Run the sampler as ``args`` say; returns (images as float (N, H, W, C) in [0, 1], steps)."""
+def sampling_setting(pipeline: object, args: argparse.Namespace) -> tuple[int, float | None]:
+    """(steps, eta) of the run: ``--num-inference-steps``, else the pipeline's recorded default setting
+    (``ScratchDDPMPipeline.sampling_setting``), else all T steps. Editing runs the chain of the given step
+    count or all T steps (its own defaults)."""
+    if args.image is None and hasattr(pipeline, "sampling_setting"):
+        return pipeline.sampling_setting(args.num_inference_steps)
+    return args.num_inference_steps or pipeline.scheduler.config.num_train_timesteps, None
+
+
+def sample_grid(args: argparse.Namespace) -> tuple[np.ndarray, int, float | None]:
+    """Run the sampler as ``args`` say; returns (images as float (N, H, W, C) in [0, 1], steps, eta)."""
     pipeline, num_classes = load_sampling_pipeline(args)
-    steps = args.num_inference_steps or pipeline.scheduler.config.num_train_timesteps
+    steps, eta = sampling_setting(pipeline, args)
     labels_for = None if args.class_label is None else (
         lambda count, offset: _labels_for(args.class_label, count, offset, num_classes))
     if args.image is not None:
-        return edit_images(args, pipeline, steps, labels_for), steps
+        return edit_images(args, pipeline, steps, labels_for), steps, None
     images = sample_with_image_seeds(
         pipeline,
         args.num_images,
@@ -170,8 +181,9 @@ def sample_grid(args: argparse.Namespace) -> tuple[np.ndarray, int]:
         class_labels_for=labels_for,
         progress=not args.no_progress,
         **({} if args.guidance_scale is None else {"guidance_scale": args.guidance_scale}),
+        **({} if eta is None else {"eta": eta}),
     )
-    return images, steps
+    return images, steps, eta
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,14 +192,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_editing_arguments(args, parser)
         out = check_output_file(args.out, "--out", tuple(PIL.Image.registered_extensions()))
-        images, steps = sample_grid(args)
+        images, steps, eta = sample_grid(args)
         height = images.shape[1]
         scale = args.scale or max(1, math.ceil(32 / height))
         grid = make_image_grid(images, cols=args.cols, scale=scale)
         write_output(lambda path: save_image_atomic(grid, path), out, "--out")
     except USER_ERRORS as error:
         exit_with_error(parser, error)
-    print(f"wrote {args.out}: {len(images)} images, {grid.size[0]}x{grid.size[1]} px, {steps} denoising steps")
+    setting = f"{steps} denoising steps" + ("" if eta is None else f", eta {eta:g}")
+    print(f"wrote {args.out}: {len(images)} images, {grid.size[0]}x{grid.size[1]} px, {setting}")
     return 0
 
 

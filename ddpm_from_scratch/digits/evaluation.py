@@ -7,13 +7,18 @@
 
 Samples come from ``seeded_sampling.sample_with_image_seeds`` (sample i from a generator seeded
 ``seed + i``: the images ``ddpm-sample`` and the trainer's grids give for the same seed), the bound's
-x_t draws from one generator seeded ``seed``: the figures do not depend on the batch size.
+x_t draws from one generator seeded ``seed``: the figures do not depend on the batch size. Without a
+step count, the samples use the pipeline's recorded default setting (steps and eta), if any, else
+all T steps (``ScratchDDPMPipeline.sampling_setting``). A stock diffusers ``DDIMPipeline`` is called
+with ``use_clipped_model_output=True``, as our pipeline steps ``DDIMScheduler``.
 A pipeline saved by stock diffusers (e.g. ``DDPMPipeline``) is evaluated by the same code, and a
 training checkpoint folder (its EMA weights if it has them) too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
 import time
 from dataclasses import dataclass, field
@@ -48,13 +53,18 @@ def unconditional_model_kwargs(unet: Any, batch: int, device: torch.device) -> d
 
 
 def sample_digits(
-    pipeline: Any, num_samples: int, num_inference_steps: int, batch_size: int, seed: int, progress: bool = False
+    pipeline: Any, num_samples: int, num_inference_steps: int, batch_size: int, seed: int, progress: bool = False,
+    eta: float | None = None,
 ) -> np.ndarray:
     """``num_samples`` generated digits as uint8 (N, H, W); sample i uses a CPU generator seeded ``seed + i``
-    (`sample_with_image_seeds`, one progress bar over all samples if ``progress``)."""
+    (`sample_with_image_seeds`, one progress bar over all samples if ``progress``); ``eta`` (if not None) goes
+    to every pipeline call."""
+    call: dict[str, Any] = {} if eta is None else {"eta": eta}
+    if "use_clipped_model_output" in inspect.signature(pipeline.__call__).parameters:
+        call["use_clipped_model_output"] = True  # diffusers' DDIMPipeline: the step our pipeline takes
     images = sample_with_image_seeds(
         pipeline, num_samples, num_inference_steps=num_inference_steps, batch_size=batch_size, seed=seed,
-        progress=progress,
+        progress=progress, **call,
     )
     return unit_range_to_uint8(images[..., 0])
 
@@ -71,6 +81,16 @@ def _check_sampling_steps(scheduler: Any, steps: int) -> None:
         ) from error
 
 
+@contextlib.contextmanager
+def _scheduler_swapped(pipeline: Any, scheduler: Any):
+    """``pipeline`` with ``scheduler`` in place of its own, put back after."""
+    saved, pipeline.scheduler = pipeline.scheduler, scheduler
+    try:
+        yield
+    finally:
+        pipeline.scheduler = saved
+
+
 @dataclass
 class EvaluationReport:
     """What ``ddpm-evaluate`` prints: the bound on held-out digits and the sample-quality report."""
@@ -85,6 +105,8 @@ class EvaluationReport:
     bound: VariationalBound | None
     quality: SampleQualityReport | None
     seconds: dict[str, float] = field(default_factory=dict)
+    eta: float | None = None  # the samples' eta (None: the scheduler's own step, DDPM for ours)
+    sampling_scheduler: str | None = None  # the class the samples were drawn with
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +115,8 @@ class EvaluationReport:
             "prediction_type": self.prediction_type,
             "variance_type": self.variance_type,
             "num_inference_steps": self.num_inference_steps,
+            "eta": self.eta,
+            "sampling_scheduler": self.sampling_scheduler,
             "seed": self.seed,
             "device": self.device,
             "nll": None if self.bound is None else self.bound.to_dict(),
@@ -116,7 +140,8 @@ class EvaluationReport:
             s, r = self.quality.samples, self.quality.reference
             rows += [
                 ("images (generated | held-out)", f"{s.num_images}", f"{r.num_images}"),
-                ("sampling steps", f"{self.num_inference_steps}", ""),
+                ("sampling steps", f"{self.num_inference_steps}" + ("" if self.eta is None else f", eta {self.eta:g}")
+                 + f" ({self.sampling_scheduler})", ""),
                 *figure_rows(self.quality),
             ]
         title = (
@@ -142,10 +167,14 @@ def evaluate_pipeline(
     seed: int = 0,
     classifier_cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    sampling_scheduler: Any = None,
 ) -> EvaluationReport:
     """Bound on the first ``nll_images`` held-out digits (None: all 360; 0: skip) and the sample quality of
-    ``num_samples`` samples (0: skip) drawn with ``num_inference_steps`` (None: the scheduler's T)."""
+    ``num_samples`` samples (0: skip) drawn with ``num_inference_steps`` (None: the pipeline's recorded default
+    setting, else the scheduler's T). ``sampling_scheduler`` (e.g. a DDIMScheduler) replaces the pipeline's
+    scheduler for the samples only; the bound is the saved scheduler's."""
     unet, scheduler = pipeline.unet, pipeline.scheduler
+    sampling_scheduler = scheduler if sampling_scheduler is None else sampling_scheduler
     _check_digits_model(unet)
     held_out = held_out_digits()
     nll_images = len(held_out) if nll_images is None else nll_images
@@ -158,9 +187,11 @@ def evaluate_pipeline(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     T = scheduler.config.num_train_timesteps
-    steps = T if num_inference_steps is None else num_inference_steps
+    with _scheduler_swapped(pipeline, sampling_scheduler):
+        steps, eta = (pipeline.sampling_setting(num_inference_steps) if hasattr(pipeline, "sampling_setting")
+                      else (T if num_inference_steps is None else num_inference_steps, None))
     if num_samples:
-        _check_sampling_steps(scheduler, steps)
+        _check_sampling_steps(sampling_scheduler, steps)
     device = pipeline.device
     unet.eval()
     pipeline.set_progress_bar_config(disable=not progress)
@@ -169,6 +200,7 @@ def evaluate_pipeline(
         path=str(path), num_train_timesteps=T, prediction_type=scheduler.config.get("prediction_type", "epsilon"),
         variance_type=scheduler.config.get("variance_type", "fixed_small"),
         num_inference_steps=steps if num_samples else None, seed=seed, device=str(device), bound=None, quality=None,
+        eta=eta if num_samples else None, sampling_scheduler=type(sampling_scheduler).__name__ if num_samples else None,
     )
     if nll_images:
         x_start = uint8_to_model_range(held_out[:nll_images]).unsqueeze(1).to(device=device, dtype=unet.dtype)
@@ -183,7 +215,8 @@ def evaluate_pipeline(
         report.seconds["nll"] = time.perf_counter() - started
     if num_samples:
         started = time.perf_counter()
-        samples = sample_digits(pipeline, num_samples, steps, batch_size, seed, progress=progress)
+        with _scheduler_swapped(pipeline, sampling_scheduler):
+            samples = sample_digits(pipeline, num_samples, steps, batch_size, seed, progress=progress, eta=eta)
         report.seconds["sampling"] = time.perf_counter() - started
         report.quality = evaluate_samples(samples, cache_dir=classifier_cache_dir)
     return report

@@ -45,9 +45,17 @@ class EditingCall:
 class EditingPipeline(ScratchDDPMPipeline):
     """Base of ``ScratchImg2ImgPipeline`` and ``ScratchInpaintPipeline`` (module doc)."""
 
-    # the UNet classes from_pipe carries over (diffusers matches a model component against these hints)
-    def __init__(self, unet: ScratchUNet2DModel | UNet2DModel, scheduler: SchedulerMixin):
-        super().__init__(unet=unet, scheduler=scheduler)
+    # the UNet classes from_pipe carries over (diffusers matches a model component against these hints); the
+    # default sampling setting is carried too, for the saved model (`sampling_pipeline`), not used by the edits
+    def __init__(
+        self,
+        unet: ScratchUNet2DModel | UNet2DModel,
+        scheduler: SchedulerMixin,
+        default_num_inference_steps: int | None = None,
+        default_eta: float | None = None,
+    ):
+        super().__init__(unet=unet, scheduler=scheduler, default_num_inference_steps=default_num_inference_steps,
+                         default_eta=default_eta)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> EditingPipeline:
@@ -63,8 +71,10 @@ class EditingPipeline(ScratchDDPMPipeline):
         return cls.from_pipe(load_any_pipeline(pretrained_model_name_or_path, **kwargs), **components)
 
     def sampling_pipeline(self) -> ScratchDDPMPipeline:
-        """The plain sampling pipeline over the same components (no weights copied)."""
-        return ScratchDDPMPipeline(unet=self.unet, scheduler=self.scheduler)
+        """The plain sampling pipeline over the same components (no weights copied) and default sampling setting."""
+        return ScratchDDPMPipeline(unet=self.unet, scheduler=self.scheduler,
+                                   default_num_inference_steps=self.config.default_num_inference_steps,
+                                   default_eta=self.config.default_eta)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """Save the model as a ``ScratchDDPMPipeline`` folder (``ScratchDDPMPipeline.save_pretrained``), which

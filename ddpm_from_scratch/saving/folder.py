@@ -167,6 +167,7 @@ def save_pipeline_folder(
                 code_files=sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*.py")),
                 num_classes=num_classes,
                 existing_card=existing_card.read_text(encoding="utf-8") if existing_card.is_file() else None,
+                default_sampling=_default_sampling(pipeline),
             )
             refuse_token_in_files([staging / MODEL_CARD_NAME], token, "save")
         _move_into_place(staging, target, list(components), variant)
@@ -288,10 +289,34 @@ def _load_component(cls: type, folder: Path, name: str, manifest_folder: Path, m
         raise OSError(f"could not load the {name!r} weights from {str(weights[0])!r}: {error}") from error
 
 
+def _default_sampling(pipeline: Any) -> tuple[int, float | None] | None:
+    """The (steps, eta) a ScratchDDPMPipeline records for a call without a step count, for the model card."""
+    steps = pipeline.config.get("default_num_inference_steps")
+    return None if steps is None else (steps, pipeline.config.get("default_eta"))
+
+
+def _component_names(pipeline_cls: type) -> list[str]:
+    """The pipeline's components: the arguments of its ``__init__`` without a default (diffusers' rule); those
+    with one (e.g. ``default_num_inference_steps``) are settings that ``model_index.json`` records as values."""
+    parameters = inspect.signature(pipeline_cls.__init__).parameters
+    return [name for name, p in parameters.items() if name != "self" and p.default is inspect.Parameter.empty]
+
+
+def _recorded_settings(pipeline_cls: type, folder: Path) -> dict[str, Any]:
+    """The ``__init__`` settings (arguments with a default) that the folder's ``model_index.json`` records; a
+    folder saved before a setting existed, or a training checkpoint (no model_index.json), records none."""
+    index_file = folder / MODEL_INDEX_NAME
+    if not index_file.is_file():
+        return {}
+    index = read_json(index_file, "pipeline index")
+    names = set(inspect.signature(pipeline_cls.__init__).parameters) - {"self", *_component_names(pipeline_cls)}
+    return {name: index[name] for name in names if name in index}
+
+
 def _components(pipeline_cls: type, folder: Path, skip: set[str], model_kwargs: dict[str, Any]) -> dict[str, Any]:
     """The components of a pipeline folder, or of a training checkpoint (unet from unet_ema/ if present)."""
     package = pipeline_cls.__module__.rpartition(".")[0]
-    names = [name for name in inspect.signature(pipeline_cls.__init__).parameters if name not in ("self", *skip)]
+    names = [name for name in _component_names(pipeline_cls) if name not in skip]
     if is_training_checkpoint(folder):  # no model_index.json: the package's classes, named in each config
         index_file = folder
         unet_dir = next(folder / name for name in CHECKPOINT_UNET_FOLDERS if (folder / name).is_dir())
@@ -343,7 +368,8 @@ def load_pipeline(pipeline_cls: type, pretrained_model_name_or_path: str | os.Pa
             f"{os.fspath(pretrained_model_name_or_path)!r} is not a saved pipeline (it has no {MODEL_INDEX_NAME}) "
             f"nor a training checkpoint ({' or '.join(CHECKPOINT_UNET_FOLDERS)}, {SCHEDULER_DIR}/ and {STATE_NAME})"
         )
-    pipeline = pipeline_cls(**_components(pipeline_cls, folder, set(passed), model_kwargs), **passed)
+    settings = {**_recorded_settings(pipeline_cls, folder), **passed}
+    pipeline = pipeline_cls(**_components(pipeline_cls, folder, set(passed), model_kwargs), **settings)
     pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
     return pipeline
 

@@ -160,9 +160,11 @@ def render_model_card(
     code_files: list[str],
     num_classes: int | None,
     existing_card: str | None = None,
+    default_sampling: tuple[int, float | None] | None = None,
 ) -> str:
     """The README.md text: YAML metadata, then the generated section (usage, model, training configuration,
-    metrics); with ``existing_card`` (the current README.md), its own text and metadata are kept (module doc)."""
+    metrics); with ``existing_card`` (the current README.md), its own text and metadata are kept (module doc).
+    ``default_sampling``: the (steps, eta) the pipeline records for a call without a step count, or None."""
     from huggingface_hub import ModelCard
 
     generated = ModelCard.from_template(
@@ -177,6 +179,8 @@ def render_model_card(
         sample_grid=SAMPLE_GRID_NAME if info.sample_grid is not None else None,
         code_files=", ".join(f"`{name}`" for name in code_files),
         repo_id=repo_id,
+        default_steps=None if default_sampling is None else default_sampling[0],
+        default_eta=None if default_sampling is None else default_sampling[1],
         model_lines=[_model_line(name, component) for name, component in components.items()],
         training_config=info.training_config
         and json.dumps(redact_secrets(info.training_config), indent=2, sort_keys=True, default=str),

@@ -138,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="images in each sample grid (default: the preset's, or --eval_batch_size when only that is given)")
     logs.add_argument("--grid_inference_steps", "--ddpm_num_inference_steps", type=int, default=None,
                       help="sampling steps for the grids")
+    logs.add_argument("--default_inference_steps", type=int, default=None,
+                      help="sampling steps the saved pipeline records as its default: a call without "
+                           "num_inference_steps (and ddpm-sample, ddpm-evaluate) uses them (default: the preset's; "
+                           "none: all num_train_timesteps DDPM steps)")
+    logs.add_argument("--default_eta", type=float, default=None,
+                      help="the DDIM family's eta recorded with --default_inference_steps (0: DDIM; 1 with "
+                           "fixed_small: DDPM; default: the preset's; none: the DDPM step)")
     logs.add_argument("--eval_batch_size", type=int, default=None,
                       help="images sampled at once for the grids; given alone it is also the grid size, as in "
                            "diffusers' train_unconditional.py")

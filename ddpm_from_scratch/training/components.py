@@ -29,9 +29,12 @@ MIN_GRID_WIDTH = 512
 GRID_FRAME_GREY = 96
 
 
-def build_pipeline(unet: torch.nn.Module, noise_scheduler) -> ScratchDDPMPipeline:
-    """A pipeline around `unet` with its own copy of the scheduler (sampling sets timesteps on it)."""
-    return ScratchDDPMPipeline(unet=unet, scheduler=ScratchDDPMScheduler.from_config(noise_scheduler.config))
+def build_pipeline(unet: torch.nn.Module, noise_scheduler, default_inference_steps: int | None = None,
+                   default_eta: float | None = None) -> ScratchDDPMPipeline:
+    """A pipeline around `unet` with its own copy of the scheduler (sampling sets timesteps on it), recording
+    the default sampling setting (--default_inference_steps, --default_eta)."""
+    return ScratchDDPMPipeline(unet=unet, scheduler=ScratchDDPMScheduler.from_config(noise_scheduler.config),
+                               default_num_inference_steps=default_inference_steps, default_eta=default_eta)
 
 
 def grid_class_labels(num_classes: int) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ddpm_from_scratch.beta_schedules import check_beta_range
-from ddpm_from_scratch.diffusion_math import FIXED_VARIANCE_TYPES, LEARNED_VARIANCE_TYPES
+from ddpm_from_scratch.diffusion_math import FAMILY_VARIANCE_TYPES, FIXED_VARIANCE_TYPES, LEARNED_VARIANCE_TYPES
 
 from .command_line import build_parser
 from .model import check_unet_config, load_unet_config
@@ -94,6 +94,7 @@ def check_options(opts: TrainingOptions) -> None:
             f"--grid_inference_steps {opts.grid_inference_steps} exceeds --num_train_timesteps "
             f"{opts.num_train_timesteps}; it must be in [1, {opts.num_train_timesteps}]"
         )
+    check_default_sampling(opts)
     for name in ("learning_rate", "max_grad_norm", "adam_epsilon", "ema_inv_gamma", "ema_power"):
         value = getattr(opts, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -112,6 +113,24 @@ def check_options(opts: TrainingOptions) -> None:
         raise ValueError(f"--train_data_dir {opts.train_data_dir!r} is not a folder")
     if opts.unet_config is not None:
         check_unet_config(opts)
+
+
+def check_default_sampling(opts: TrainingOptions) -> None:
+    """--default_inference_steps in [1, T] or none; --default_eta (finite, >= 0) only with it and a variance the
+    DDIM family is defined for: checked now, not when the trained pipeline is saved."""
+    steps, eta = opts.default_inference_steps, opts.default_eta
+    if steps is not None and not (isinstance(steps, int) and 1 <= steps <= opts.num_train_timesteps):
+        raise ValueError(f"--default_inference_steps must be in [1, --num_train_timesteps = {opts.num_train_timesteps}], "
+                         f"got {steps!r}")
+    if eta is None:
+        return
+    if steps is None:
+        raise ValueError("--default_eta needs --default_inference_steps (the eta is part of that default setting)")
+    if not (isinstance(eta, (int, float)) and 0 <= eta <= 1):
+        raise ValueError(f"--default_eta must be a number in [0, 1] (0: DDIM, 1: DDPM's posterior), got {eta!r}")
+    if opts.variance_type not in FAMILY_VARIANCE_TYPES:
+        raise ValueError(f"--default_eta needs a --variance_type the DDIM family is defined for, one of "
+                         f"{FAMILY_VARIANCE_TYPES}; got {opts.variance_type!r}")
 
 
 def _require_finite_at_least_zero(opts: TrainingOptions, *names: str) -> None:

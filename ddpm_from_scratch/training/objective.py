@@ -41,7 +41,19 @@ def diffusion_loss(
     loss_type: str = "simple",
     lambda_vlb: float = DEFAULT_LAMBDA_VLB,
 ) -> LossOutput:
-    """L_simple (or the hybrid loss) for one micro-batch. clean_images: (B, C, H, W) in [-1, 1]."""
+    """L_simple (or the hybrid loss) for one micro-batch. clean_images: (B, C, H, W) in [-1, 1].
+
+    The body of Ho et al.'s Algorithm 1 (docs/derivation.md, section 4), one line each:
+
+        x_0 ~ q(x_0)                                     clean_images, the batch the trainer drew
+        t ~ Uniform({1, ..., T})                         draw_timesteps (code index t - 1 in 0..T-1)
+        eps ~ N(0, I)                                    noise, float32
+        x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps    add_noise (F2)
+        loss = || eps - eps_theta(x_t, t) ||^2           training_loss (L2)
+
+    The target is eps, x_0 or v as the scheduler's ``prediction_type`` says. The gradient step and the
+    "repeat ... until converged" loop are the trainer's (``trainer.py``: backward, Adam, EMA).
+    """
     clean_images = clean_images.float()
     noise = torch.randn(clean_images.shape, generator=generator, device=generator.device, dtype=torch.float32)
     noise = noise.to(clean_images.device)

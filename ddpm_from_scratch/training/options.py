@@ -105,6 +105,10 @@ class TrainingOptions:
     num_grid_images: int
     grid_inference_steps: int
     eval_batch_size: int = 128
+    # the saved pipeline's default sampling setting (ScratchDDPMPipeline's default_num_inference_steps and
+    # default_eta): what a call without num_inference_steps samples with; None records none (all T DDPM steps)
+    default_inference_steps: int | None = None
+    default_eta: float | None = None
     # diffusers' options with no counterpart here (refused, or ignored: local_rank)
     save_model_epochs: int | None = None
     enable_xformers_memory_efficient_attention: bool | None = None
@@ -156,6 +160,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 50 strided steps with the fixed_small variance: within the noise of 1000-step sampling at
         # N = 360 and 1,000 digits in under 30 s on 2 cores (docs/experiments.md, "the trade-off")
         grid_inference_steps=50,
+        # the default sampling setting the saved pipeline records (steps, eta); none yet: the values come
+        # from a measurement of the trade-off (benchmarks/sampling_tradeoff.py) and are set here, once
+        default_inference_steps=None,
+        default_eta=None,
         logging_steps=10,
         dataloader_num_workers=0,
     ),

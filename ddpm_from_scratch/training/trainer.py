@@ -354,7 +354,8 @@ class Trainer:
                                       "num_processes": accelerator.num_processes,
                                       "images_per_update": opts.train_batch_size * accelerator.num_processes
                                       * self.accumulation})
-            pipeline = build_pipeline(self._sampling_unet(), self.noise_scheduler)
+            pipeline = build_pipeline(self._sampling_unet(), self.noise_scheduler, opts.default_inference_steps,
+                                      opts.default_eta)
             pipeline.save_pretrained(opts.output_path, model_card=card)  # checkpoints, samples and logs stay
             logger.info("saved the %s pipeline to %s (final loss %.4f, %.1f min)",
                         "EMA" if self.ema is not None else "final", opts.output_path, final_loss or float("nan"),
