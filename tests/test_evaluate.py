@@ -57,7 +57,8 @@ def test_command_prints_one_table_and_writes_json(saved_pipeline, cache_dir, tmp
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for expected in ("T = 10 training steps", "variance learned_range", "NLL bound on 12 held-out digits, bits/dim", "sampling steps", "Frechet distance to held-out", "classifier score",
-                     "near-copy fraction", "real held-out digits"):
+                     "near-copy fraction", "real held-out digits", "KID to held-out", "precision (k = 5",
+                     "recall (k = 5", "density (k = 5", "coverage (k = 5", "24 train digits vs held-out, 10 draws"):
         assert expected in printed, expected
 
     data = json.loads(out.read_text())
@@ -68,6 +69,12 @@ def test_command_prints_one_table_and_writes_json(saved_pipeline, cache_dir, tmp
     assert nll["bits_per_dim"] == pytest.approx(nll["prior_bpd"] + sum(nll["terms_per_timestep_bpd"]))
     quality = data["sample_quality"]
     assert quality["samples"]["num_images"] == 24 and quality["reference"]["num_images"] == 360
+    # the real-vs-real row: 24 train digits against the held-out split, 10 draws, for every feature-space figure
+    reference = quality["reference"]
+    assert reference["fd_num_images"] == 24 and reference["draws"] == 10
+    for figure in ("frechet_distance", "kid", "precision", "recall", "density", "coverage"):
+        assert math.isfinite(quality["samples"][figure]) and reference[f"{figure}_std"] > 0, figure
+    assert quality["samples"]["kid_subset_size"] == reference["kid_subset_size"] == 12
     assert f"{nll['bits_per_dim']:.3f}" in printed and f"{quality['samples']['frechet_distance']:.3f}" in printed
 
     # the printed bound is the library's, on the first 12 held-out digits with a generator seeded --seed

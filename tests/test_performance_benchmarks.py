@@ -46,3 +46,20 @@ def test_profile_train_step_times_each_phase_of_both_models(capsys):
         wall, phases = float(row[1]), [float(x) for x in row[4:]]
         assert wall > 0 and len(phases) == 4 and all(ms > 0 for ms in phases)
     assert "aten::convolution_backward" in output  # the operator tables list real operators
+
+
+def test_bench_default_sampling_times_the_recorded_default_against_the_full_chain(tmp_path, capsys):
+    from _pipeline_fixtures import NUM_TRAIN_TIMESTEPS, isolated_remote_code_cache, scratch_scheduler, tiny_scratch_unet
+
+    from benchmarks import bench_default_sampling
+    from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
+
+    ScratchDDPMPipeline(unet=tiny_scratch_unet(), scheduler=scratch_scheduler(), default_num_inference_steps=3,
+                        default_eta=0.0).save_pretrained(tmp_path / "pipe")
+    with isolated_remote_code_cache(tmp_path / "modules"):
+        rows = bench_default_sampling.main([str(tmp_path / "pipe"), "--num-images", "4", "--reference-images", "2"])
+    output = capsys.readouterr().out
+    assert "through DiffusionPipeline.from_pretrained(trust_remote_code=True)" in output
+    assert [row[0] for row in rows] == ["no step count (recorded default: 3 steps, eta 0.0)",
+                                        f"num_inference_steps={NUM_TRAIN_TIMESTEPS} (DDPM, diffusers' DDPMPipeline default)"]
+    assert rows[0][1] == "4" and rows[1][1] == "2 (scaled)" and float(rows[0][2]) > 0 and rows[0][4].endswith("x")

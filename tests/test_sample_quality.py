@@ -23,11 +23,16 @@ from ddpm_from_scratch.digits.metrics import (
     class_coverage,
     classifier_score,
     frechet_distance,
-    gaussian_statistics,
     histogram_entropy_bits,
+    kernel_inception_distance,
+    knn_coverage,
+    knn_density,
+    knn_precision,
+    knn_recall,
     label_histogram,
     near_copy_threshold,
     nearest_neighbour_distances,
+    nearest_neighbour_radii,
 )
 from ddpm_from_scratch.digits.quality import SampleQualityEvaluator, evaluate_samples, reference_report
 
@@ -37,7 +42,22 @@ def random_spd(rng: np.random.Generator, d: int, rank: int | None = None) -> np.
     return a @ a.T + (0.0 if rank else 0.1) * np.eye(d)
 
 
-# ----------------------------------------------------------------------------- Frechet distance
+def psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    eigenvalues, eigenvectors = np.linalg.eigh(matrix)
+    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+
+
+def points_with_moments(rng: np.random.Generator, mean: np.ndarray, cov: np.ndarray, n: int = 200) -> np.ndarray:
+    """n points whose sample mean and unbiased sample covariance are exactly ``mean`` and ``cov``.
+
+    The Frechet distance of two such sets is the closed form of the two Gaussians, with no sampling error."""
+    z = rng.normal(size=(n, len(mean)))
+    z -= z.mean(axis=0)
+    z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T  # sample covariance exactly I
+    return mean + z @ psd_sqrt(cov)
+
+
+# ----------------------------------------------------------------------------- Frechet distance (torchmetrics)
 
 
 def test_frechet_distance_matches_closed_form_for_diagonal_covariances():
@@ -46,7 +66,8 @@ def test_frechet_distance_matches_closed_form_for_diagonal_covariances():
     mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
     a, b = rng.uniform(0.1, 4.0, size=6), rng.uniform(0.1, 4.0, size=6)
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+    x1, x2 = points_with_moments(rng, mu1, np.diag(a)), points_with_moments(rng, mu2, np.diag(b), n=50)
+    assert frechet_distance(x1, x2) == pytest.approx(expected, rel=1e-9)
 
 
 def test_frechet_distance_matches_closed_form_for_non_commuting_covariances():
@@ -57,51 +78,120 @@ def test_frechet_distance_matches_closed_form_for_non_commuting_covariances():
     cov = random_spd(rng, 5)
     eigenvalues = np.linalg.eigvalsh(cov)
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((1 - np.sqrt(eigenvalues)) ** 2)
-    assert frechet_distance(mu1, np.eye(5), mu2, cov) == pytest.approx(expected, rel=1e-10)
-    assert frechet_distance(mu1, 9.0 * cov, mu1, cov) == pytest.approx(4.0 * np.trace(cov), rel=1e-10)
+    identity_points = points_with_moments(rng, mu1, np.eye(5))
+    assert frechet_distance(identity_points, points_with_moments(rng, mu2, cov)) == pytest.approx(expected, rel=1e-9)
+    scaled = points_with_moments(rng, mu1, 9.0 * cov)
+    assert frechet_distance(scaled, points_with_moments(rng, mu1, cov)) == pytest.approx(4.0 * np.trace(cov), rel=1e-9)
 
 
 def test_frechet_distance_agrees_with_scipy_sqrtm_and_is_symmetric():
+    # The formula written out with scipy's general matrix square root, on the sets' own statistics.
     scipy_linalg = pytest.importorskip("scipy.linalg")
     rng = np.random.default_rng(2)
     for _ in range(3):
-        mu1, mu2 = rng.normal(size=8), rng.normal(size=8)
-        cov1, cov2 = random_spd(rng, 8), random_spd(rng, 8)
+        x1 = rng.normal(size=(300, 8)) @ rng.normal(size=(8, 8)) + rng.normal(size=8)
+        x2 = rng.normal(size=(120, 8)) @ rng.normal(size=(8, 8))
+        cov1, cov2 = np.cov(x1, rowvar=False), np.cov(x2, rowvar=False)
         covmean = scipy_linalg.sqrtm(cov1 @ cov2).real
-        expected = np.sum((mu1 - mu2) ** 2) + np.trace(cov1 + cov2 - 2 * covmean)
-        assert frechet_distance(mu1, cov1, mu2, cov2) == pytest.approx(expected, rel=1e-8)
-        swapped = frechet_distance(mu2, cov2, mu1, cov1)
-        assert frechet_distance(mu1, cov1, mu2, cov2) == pytest.approx(swapped, rel=1e-10)
+        expected = np.sum((x1.mean(0) - x2.mean(0)) ** 2) + np.trace(cov1 + cov2 - 2 * covmean)
+        assert frechet_distance(x1, x2) == pytest.approx(expected, rel=1e-8)
+        assert frechet_distance(x1, x2) == pytest.approx(frechet_distance(x2, x1), rel=1e-10)
 
 
 def test_frechet_distance_handles_singular_covariances():
-    # Dead ReLU features give exactly rank-deficient covariances.
+    # Dead ReLU features give exactly rank-deficient covariances (the digits classifier has ~23 of 64).
     rng = np.random.default_rng(3)
-    cov = random_spd(rng, 10, rank=3)
-    mu = rng.normal(size=10)
-    assert abs(frechet_distance(mu, cov, mu, cov)) < 1e-9
+    x = points_with_moments(rng, rng.normal(size=10), random_spd(rng, 10, rank=3))
+    assert 0.0 <= frechet_distance(x, x) < 1e-5
     a, b = np.array([2.0, 0.0, 0.0]), np.array([0.5, 0.0, 3.0])
-    assert frechet_distance(np.zeros(3), np.diag(a), np.zeros(3), np.diag(b)) == pytest.approx(
-        np.sum((np.sqrt(a) - np.sqrt(b)) ** 2), rel=1e-12
-    )
+    x1, x2 = points_with_moments(rng, np.zeros(3), np.diag(a)), points_with_moments(rng, np.zeros(3), np.diag(b))
+    assert frechet_distance(x1, x2) == pytest.approx(np.sum((np.sqrt(a) - np.sqrt(b)) ** 2), rel=1e-6)
 
 
 def test_frechet_distance_of_sampled_gaussians_converges_to_closed_form():
     rng = np.random.default_rng(4)
     mu1, mu2 = np.zeros(4), np.array([1.0, 0.0, -0.5, 0.0])
     cov1, cov2 = random_spd(rng, 4), random_spd(rng, 4)
-    exact = frechet_distance(mu1, cov1, mu2, cov2)
+    exact = frechet_distance(points_with_moments(rng, mu1, cov1), points_with_moments(rng, mu2, cov2))
     x1 = rng.multivariate_normal(mu1, cov1, size=40_000)
     x2 = rng.multivariate_normal(mu2, cov2, size=40_000)
-    estimate = frechet_distance(*gaussian_statistics(x1), *gaussian_statistics(x2))
-    assert estimate == pytest.approx(exact, rel=0.05)
+    assert frechet_distance(x1, x2) == pytest.approx(exact, rel=0.05)
 
 
 def test_frechet_distance_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="same D"):
-        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+        frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
     with pytest.raises(ValueError, match="N >= 2"):
-        gaussian_statistics(np.zeros((1, 3)))
+        frechet_distance(np.zeros((1, 3)), np.zeros((5, 3)))
+
+
+# ----------------------------------------------------------------------------- KID (torchmetrics)
+
+
+def unbiased_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    """Binkowski et al. 2018's estimate written out: k(a, b) = (a.b / D + 1)^3, equal set sizes m."""
+    kernel = lambda a, b: (a @ b.T / x.shape[1] + 1.0) ** 3  # noqa: E731
+    m = len(x)
+    k_xx, k_yy, k_xy = kernel(x, x), kernel(y, y), kernel(x, y)
+    off = lambda k: k.sum() - np.trace(k)  # noqa: E731
+    return (off(k_xx) + off(k_yy)) / (m * (m - 1)) - 2.0 * k_xy.sum() / m**2
+
+
+def test_kid_equals_the_unbiased_mmd_formula_and_a_closed_form():
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(40, 6)), rng.normal(0.3, 1.0, size=(40, 6))
+    # subsets as large as both sets hold every row: each subset gives the full-set estimate, spread 0
+    mean, std, size = kernel_inception_distance(x, y, subsets=5, subset_size=40)
+    assert size == 40 and std == pytest.approx(0.0, abs=1e-9)
+    assert mean == pytest.approx(unbiased_mmd2(x, y), rel=1e-10)
+    # two point masses a = 1, b = 0 in 1-d: k(a, a) + k(b, b) - 2 k(a, b) = 2^3 + 1 - 2 = 7
+    mean, std, _ = kernel_inception_distance(np.ones((10, 1)), np.zeros((10, 1)), subsets=3)
+    assert mean == pytest.approx(7.0, rel=1e-12) and std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_grows_with_a_shift_reproducibly():
+    rng = np.random.default_rng(9)
+    real = rng.normal(size=(400, 8))
+    same, std_same, size = kernel_inception_distance(real, rng.normal(size=(400, 8)))
+    assert size == 200 and abs(same) < 3 * std_same  # unbiased: 0 within its spread
+    shifted = [kernel_inception_distance(real, rng.normal(shift, 1.0, size=(400, 8)))[0] for shift in (0.3, 0.6)]
+    assert std_same < shifted[0] < shifted[1]
+    state = torch.random.get_rng_state()
+    again = kernel_inception_distance(real, real[::-1] + 0.1, seed=4)
+    assert again == kernel_inception_distance(real, real[::-1] + 0.1, seed=4)
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG is left alone
+    with pytest.raises(ValueError, match="subset_size"):
+        kernel_inception_distance(real, real[:10], subset_size=11)
+
+
+# ----------------------------------------------------------------------------- precision, recall, density, coverage
+
+
+def test_knn_figures_of_identical_sets_and_of_far_apart_sets():
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(50, 4))
+    k = 5
+    assert knn_precision(x, x, k) == knn_recall(x, x, k) == knn_coverage(x, x, k) == 1.0
+    # each real ball holds its own centre and its k neighbours (no ties): sum = (k + 1) M
+    assert knn_density(x, x, k) == pytest.approx((k + 1) / k)
+    far = x + 1e3
+    for figure in (knn_precision, knn_recall, knn_density, knn_coverage):
+        assert figure(x, far, k) == 0.0
+
+
+def test_knn_figures_of_a_hand_computed_example():
+    real = np.array([[0.0], [1.0], [2.0], [3.0]])  # k = 1: every real radius is 1
+    fake = np.array([[0.5], [10.0], [3.2]])  # radii among fakes: 2.7, 6.8, 2.7
+    np.testing.assert_allclose(nearest_neighbour_radii(real, 1), [1.0, 1.0, 1.0, 1.0])
+    np.testing.assert_allclose(nearest_neighbour_radii(fake, 1), [2.7, 6.8, 2.7])
+    assert knn_precision(real, fake, 1) == pytest.approx(2 / 3)  # 0.5 (balls of 0 and 1), 3.2 (ball of 3)
+    assert knn_recall(real, fake, 1) == 1.0  # 0, 1, 2, 3 all within 2.7 of 0.5 or 3.2
+    assert knn_density(real, fake, 1) == pytest.approx(3 / 3)  # 2 + 0 + 1 ball memberships over k M = 3
+    assert knn_coverage(real, fake, 1) == pytest.approx(3 / 4)  # 2's nearest fake is 1.2 away
+    with pytest.raises(ValueError, match="N >= 5"):
+        knn_precision(real, fake, 4)
+    with pytest.raises(ValueError, match="k"):
+        knn_precision(real, fake, 0)
 
 
 # ----------------------------------------------------------------------------- score and coverage
@@ -258,9 +348,27 @@ def test_real_digits_figures(evaluator):
     assert figures.class_coverage == 1.0
     assert figures.label_entropy_bits > 3.3
     assert figures.near_copy_fraction < 0.02
-    # FD of real digits: equal-N reference, small and with a spread over draws.
-    assert figures.fd_num_images == 360 and 0 < figures.frechet_distance < 30 and figures.frechet_distance_std > 0
+    # real vs real: 360 train digits against the held-out split, mean and spread over 10 draws
+    assert figures.fd_num_images == 360 and figures.draws == 10
+    assert 0 < figures.frechet_distance < 30 and figures.frechet_distance_std > 0
+    assert figures.precision > 0.9 and figures.recall > 0.9 and figures.coverage > 0.9
+    assert 0.8 < figures.density < 1.3
+    assert figures.kid_subset_size == 180 and figures.kid_std > 0
     assert evaluator.frechet_distance(held_out) < 1e-6
+    assert evaluator.reference_feature_figures(360) is evaluator.reference_feature_figures(360)  # cached per N
+
+
+def test_precision_and_recall_tell_mode_collapse_from_noise(evaluator):
+    # Only the 3s and 8s: still real-looking (precision high) but most of the data unreached (recall, coverage low).
+    held_out = evaluator.held_out_images
+    collapsed = evaluator.figures(held_out[np.isin(evaluator.classifier.predict(held_out), [3, 8])])
+    reference = evaluator.reference_report(collapsed.num_images)
+    assert collapsed.precision > 0.9 and collapsed.recall < 0.5 and collapsed.coverage < 0.5
+    assert collapsed.kid > reference.kid + 10 * reference.kid_std
+    # Noisy digits: off the real manifold (precision drops) and far in KID.
+    noise = np.random.default_rng(7).integers(0, 256, size=held_out.shape, dtype=np.uint8)
+    noisy = evaluator.figures(np.rint(0.7 * held_out + 0.3 * noise).astype(np.uint8))
+    assert noisy.precision < reference.precision - 0.1 and noisy.density < 0.5
 
 
 def test_training_images_are_near_copies_and_a_repeated_image_scores_one(evaluator):
@@ -280,6 +388,8 @@ def test_noise_is_far_from_real_digits(evaluator):
     assert report.samples.frechet_distance > 20 * report.reference.frechet_distance
     assert report.samples.classifier_score < report.reference.classifier_score - 3
     assert report.samples.near_copy_fraction == 0.0
+    assert report.samples.precision < 0.5 * report.reference.precision
+    assert report.samples.kid > report.reference.kid + 20 * report.reference.kid_std
 
 
 def test_report_compares_at_equal_n_and_prints(evaluator):
@@ -289,8 +399,10 @@ def test_report_compares_at_equal_n_and_prints(evaluator):
     big = evaluator.evaluate(np.concatenate([evaluator.train_images, evaluator.held_out_images]))
     assert big.reference.fd_num_images == len(evaluator.train_images)  # capped at the train size
     table = report.format_table()
-    for row in ("Frechet distance", "classifier score", "class coverage", "near-copy fraction", "99."):
-        assert row in table
+    for row in ("Frechet distance", "KID", "precision (k = 5", "recall", "density", "coverage (k = 5",
+                "classifier score", "class coverage", "near-copy fraction", "99.", "100 train digits vs held-out"):
+        assert row in table, row
+    assert report.reference.draws == 10 and report.samples.draws == 1 and report.samples.precision_std == 0.0
     json.dumps(report.to_dict())
     with pytest.raises(ValueError, match="at least 2"):
         evaluator.evaluate(samples[:1])
@@ -308,4 +420,5 @@ def test_reference_tables_command_prints_both_tables(cache_dir, capsys):
 
     main(["--cache_dir", str(cache_dir)])
     out = capsys.readouterr().out
-    assert "| 360 |" in out and "| uniform noise | 360 |" in out and "held-out accuracy: 0.9" in out
+    assert "| 360 | " in out and "| uniform noise | 360 |" in out and "held-out accuracy: 0.9" in out
+    assert "| N | FD | KID | precision | recall | density | coverage |" in out

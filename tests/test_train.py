@@ -76,6 +76,7 @@ def test_preset_fills_only_what_the_user_left_unset():
         (["--beta_start", "0.03", "--beta_end", "0.02"], "--beta_start/--beta_end: beta_start and beta_end must satisfy"),
         (["--beta_start", "nan"], "--beta_start/--beta_end: beta_start must be a finite real number"),
         (["--beta_end", "1.0"], "0 < beta_start <= beta_end < 1"),
+        (["--num_threads", "0"], "--num_threads must be an int >= 1"),
     ],
 )
 def test_bad_options_are_refused_with_the_option_named(argv, message):
@@ -758,3 +759,31 @@ def test_a_mode_i_image_holding_8_bit_values_is_refused_with_the_file_named(tmp_
         prepare_training_data(opts)
     Image.fromarray(np.zeros((8, 8), np.int32)).save(folder / "widened.tiff")  # black reads the same at any depth
     assert prepare_training_data(opts).num_channels == 1
+
+
+@pytest.mark.parametrize("argv, launched, local_world_size, expected", [
+    ([], True, None, 2), ([], True, "2", 1), (["--num_threads", "3"], True, None, 3),
+    ([], False, None, None), (["--num_threads", "3"], False, None, 3),
+])
+def test_a_cpu_run_takes_its_share_of_the_cores(monkeypatch, argv, launched, local_world_size, expected):
+    """accelerate launch exports OMP_NUM_THREADS=1 on a CPU; under it the trainer gives each process its share
+    of the cores it may run on (here 2, faked), or --num_threads; without it only --num_threads is applied."""
+    from accelerate import Accelerator
+
+    from ddpm_from_scratch.training import accelerate_setup
+
+    monkeypatch.setattr(accelerate_setup.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    if launched:
+        monkeypatch.setenv(accelerate_setup.ACCELERATE_LAUNCH_VARIABLE, "no")
+    else:
+        monkeypatch.delenv(accelerate_setup.ACCELERATE_LAUNCH_VARIABLE, raising=False)
+    if local_world_size is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)
+    before = torch.get_num_threads()
+    try:
+        assert accelerate_setup.set_cpu_threads(parse_options(argv), Accelerator(cpu=True)) == expected
+        assert torch.get_num_threads() == (before if expected is None else expected)
+    finally:
+        torch.set_num_threads(before)

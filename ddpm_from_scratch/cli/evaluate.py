@@ -8,12 +8,19 @@ stock diffusers pipeline (e.g. ``DDPMPipeline``). What is measured, and how the 
 (the images ``ddpm-sample`` draws for the same seed): :mod:`ddpm_from_scratch.digits.evaluation`.
 Every mistake is one ``ddpm-evaluate: error: ...`` line and exit status 2, reported before the long
 work starts (``--json``'s folder is checked first).
+
+For a model of another dataset (RGB), ``--fid-weights W --reference-dir DIR`` measures FID and KID of
+``--num-samples`` samples in the features of the FID Inception network (``W``: the published
+pt_inception-2015-12-05 weights, refused if their SHA-256 differs) against the images in ``DIR``, whose
+features are cached (:func:`ddpm_from_scratch.digits.quality.inception_fid`); the digits bound is not
+computed then.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+import inspect
+from typing import Any, Sequence
 
 from ..saving.atomic_io import write_json_atomic
 from .args import (
@@ -61,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the figures (and the bound per timestep) to this JSON file")
     parser.add_argument("--classifier-cache-dir", default=None,
                         help="cache folder of the digits classifier (default: see ddpm_from_scratch.digits.classifier)")
+    parser.add_argument("--fid-weights", default=None, metavar="PATH",
+                        help="RGB datasets: FID/KID in Inception features, from this local "
+                             "pt_inception-2015-12-05-6726825d.pth (SHA-256 checked); needs --reference-dir "
+                             "and torch-fidelity")
+    parser.add_argument("--reference-dir", default=None, metavar="DIR",
+                        help="folder of real images (png/jpg/...) that --fid-weights compares the samples with")
+    parser.add_argument("--fid-cache-dir", default=None, metavar="DIR",
+                        help="where the reference features are cached, keyed by the folder's content and the "
+                             "weights' SHA-256 (default: the classifier's cache folder)")
     parser.add_argument("--no-progress", action="store_true",
                         help="hide the progress bars (the bound's, and the one over all samples)")
     return parser
@@ -78,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--num-samples must be 0 (skip) or >= 2 (a covariance needs 2 images), got 1")
         if args.num_samples == 0 and args.nll_images == 0:
             raise ValueError("nothing to evaluate: --num-samples and --nll-images are both 0")
+        if (args.fid_weights is None) != (args.reference_dir is None):
+            raise ValueError("--fid-weights and --reference-dir go together (the Inception FID needs both)")
+        if args.fid_weights is not None:
+            return _inception_main(args, json_out)
         device = resolve_device(args.device)
         pipeline = load_any_pipeline(args.path)
         override_variance_type(pipeline, args.variance_type)
@@ -100,6 +120,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {args.json}")
     except USER_ERRORS as error:
         exit_with_error(parser, error)
+    return 0
+
+
+def _sample_images(pipeline: Any, args: argparse.Namespace) -> Any:
+    """``--num-samples`` samples as float (N, H, W, C) in [0, 1], drawn as ``evaluate_pipeline`` draws them:
+    sample i seeded ``--seed`` + i, the pipeline's recorded default setting unless a step count is given."""
+    from ..sampling.seeded import sample_with_image_seeds
+
+    pipeline.scheduler = chosen_scheduler(args.scheduler, pipeline.scheduler)
+    steps, eta = (pipeline.sampling_setting(args.num_inference_steps) if hasattr(pipeline, "sampling_setting")
+                  else (args.num_inference_steps or pipeline.scheduler.config.num_train_timesteps, None))
+    call: dict[str, Any] = {} if eta is None else {"eta": eta}
+    if "use_clipped_model_output" in inspect.signature(pipeline.__call__).parameters:
+        call["use_clipped_model_output"] = True  # diffusers' DDIMPipeline: the step our pipeline takes
+    pipeline.set_progress_bar_config(disable=args.no_progress)
+    return sample_with_image_seeds(pipeline, args.num_samples, num_inference_steps=steps, batch_size=args.batch_size,
+                                   seed=args.seed, progress=not args.no_progress, **call)
+
+
+def _inception_main(args: argparse.Namespace, json_out: Any) -> int:
+    """``--fid-weights``: FID / KID of the samples against ``--reference-dir``; the weights' hash and the
+    folder are checked before the pipeline is loaded."""
+    from ..digits import quality
+    from ..digits.metrics import INCEPTION_SHA256, verified_weights_file
+    from ..saving.folder import load_any_pipeline
+
+    if args.num_samples < 2:
+        raise ValueError(f"--fid-weights needs --num-samples >= 2, got {args.num_samples}")
+    if args.nll_images:
+        raise ValueError("--nll-images measures the held-out digits; leave it out with --fid-weights")
+    verified_weights_file(args.fid_weights, INCEPTION_SHA256, "--fid-weights")
+    quality.image_folder_files(args.reference_dir, "--reference-dir")
+    device = resolve_device(args.device)
+    pipeline = load_any_pipeline(args.path)
+    override_variance_type(pipeline, args.variance_type)
+    pipeline.to(device)
+    images = _sample_images(pipeline, args)
+    report = quality.inception_fid(args.fid_weights, images, args.reference_dir, cache_dir=args.fid_cache_dir,
+                                   batch_size=args.batch_size, device=device, seed=args.seed)
+    print(report.format_table())
+    if json_out is not None:
+        data = {"path": args.path, "seed": args.seed, "inception": report.to_dict()}
+        write_output(lambda path: write_json_atomic(data, path), json_out, "--json")
+        print(f"wrote {args.json}")
     return 0
 
 

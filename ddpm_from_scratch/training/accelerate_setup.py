@@ -41,7 +41,38 @@ def make_accelerator(opts: TrainingOptions):
     except ValueError as error:  # e.g. fp16 without a GPU
         raise ValueError(f"accelerate cannot run this setup: {error}") from error
     configure_logging(accelerator)
+    threads = set_cpu_threads(opts, accelerator)
+    if threads is not None:
+        logger.info("training on the CPU with %d torch threads per process (OMP_NUM_THREADS=%s)", threads,
+                    os.environ.get("OMP_NUM_THREADS", "unset"))
     return accelerator
+
+
+# set by `accelerate launch` in the environment of the processes it starts
+ACCELERATE_LAUNCH_VARIABLE = "ACCELERATE_DYNAMO_BACKEND"
+
+
+def set_cpu_threads(opts: TrainingOptions, accelerator) -> int | None:
+    """On a CPU, give each process ``--num_threads`` torch threads, or under `accelerate launch` its share.
+
+    `accelerate launch` without a GPU exports OMP_NUM_THREADS=1 (unless given
+    --num_cpu_threads_per_process), which would pin a single training process to one core. Under
+    it the default is the cores this process may run on (its affinity) divided by the processes on
+    this machine (LOCAL_WORLD_SIZE). Returns the count set; None where nothing is set: on an
+    accelerator, or started without accelerate's launcher and without --num_threads (torch's own
+    default then stands: every core, or OMP_NUM_THREADS if you set it).
+    """
+    if accelerator.device.type != "cpu":
+        return None
+    threads = opts.num_threads
+    if threads is None:
+        if ACCELERATE_LAUNCH_VARIABLE not in os.environ:
+            return None
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        threads = max(1, cores // max(1, local_processes))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def cpu_only_multiprocess() -> bool:

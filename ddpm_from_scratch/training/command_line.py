@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="simple: L_simple (the paper); hybrid: L_simple + lambda_vlb * L_vlb (Nichol & Dhariwal "
                             "2021), which also trains a learned variance (needs --variance_type learned_range)")
     model.add_argument("--lambda_vlb", type=float, default=None, help="weight of L_vlb in the hybrid loss")
+    model.add_argument("--snr_gamma", type=float, default=None,
+                       help="weight each image's L_simple term by Min-SNR-gamma (Hang et al. 2023): min(SNR_t, gamma) "
+                            "on its x_0 error, i.e. min(SNR_t, gamma) / SNR_t on the noise error, min(SNR_t, gamma) on "
+                            "x_0's, min(SNR_t, gamma) / (SNR_t + 1) on v's; a finite number > 0, 5 in the paper "
+                            "(default: none, the unweighted loss)")
     model.add_argument("--num_train_timesteps", "--ddpm_num_steps", type=int, default=None, help="T")
     model.add_argument("--beta_schedule", "--ddpm_beta_schedule", choices=BETA_SCHEDULES, default=None)
     model.add_argument("--beta_start", type=float, default=None)
@@ -108,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default: the accelerate config's; the forward process is always float32")
     optim.add_argument("--gradient_checkpointing", action="store_true", default=None,
                        help="recompute activations in the backward pass to save memory")
+    optim.add_argument("--num_threads", type=int, default=None,
+                       help="on a CPU: torch threads per process (default: the cores available / processes on this "
+                            "machine; replaces the OMP_NUM_THREADS=1 accelerate launch sets)")
     optim.add_argument("--seed", type=int, default=None)
 
     ckpt = parser.add_argument_group("checkpoints and outputs")

@@ -79,6 +79,12 @@ def check_options(opts: TrainingOptions) -> None:
             f"(one of {LEARNED_VARIANCE_TYPES}), got {opts.variance_type!r}"
         )
     _require_finite_at_least_zero(opts, "lambda_vlb", "adam_weight_decay")
+    if opts.snr_gamma is not None and not (math.isfinite(opts.snr_gamma) and opts.snr_gamma > 0):
+        raise ValueError(f"--snr_gamma must be a finite number > 0 (5 in Hang et al. 2023), or left unset for the "
+                         f"unweighted loss; got {opts.snr_gamma!r}")
+    if opts.num_threads is not None and (isinstance(opts.num_threads, bool) or not isinstance(opts.num_threads, int)
+                                         or opts.num_threads < 1):
+        raise ValueError(f"--num_threads must be an int >= 1, or left unset for all available cores; got {opts.num_threads!r}")
     for name in ("label_column", "class_dropout_prob"):
         if name in explicit and not opts.class_conditional:
             raise ValueError(f"--{name} is only used with --class_conditional; add it or drop --{name}")

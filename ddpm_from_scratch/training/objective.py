@@ -8,8 +8,9 @@ Everything before the network runs in float32, whatever the mixed-precision sett
 is ~0.01 at small t, and a bf16 x_t there would round away most of the noise the model must find.
 The model output is cast back to float32 before the loss for the same reason.
 
-`loss_type="hybrid"` adds lambda L_vlb (Nichol & Dhariwal 2021) to train a learned variance; the
-losses themselves live in `ddpm_from_scratch.bound.losses`, shared with the likelihood code.
+`loss_type="hybrid"` adds lambda L_vlb (Nichol & Dhariwal 2021) to train a learned variance, and
+`snr_gamma` weights each image's L_simple term by Min-SNR-gamma (Hang et al. 2023; L3); the losses
+themselves live in `ddpm_from_scratch.bound.losses`, shared with the likelihood code.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def diffusion_loss(
     class_labels: torch.Tensor | None = None,
     loss_type: str = "simple",
     lambda_vlb: float = DEFAULT_LAMBDA_VLB,
+    snr_gamma: float | None = None,
 ) -> LossOutput:
     """L_simple (or the hybrid loss) for one micro-batch. clean_images: (B, C, H, W) in [-1, 1].
 
@@ -51,7 +53,9 @@ def diffusion_loss(
         x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps    add_noise (F2)
         loss = || eps - eps_theta(x_t, t) ||^2           training_loss (L2)
 
-    The target is eps, x_0 or v as the scheduler's ``prediction_type`` says. The gradient step and the
+    The target is eps, x_0 or v as the scheduler's ``prediction_type`` says. ``snr_gamma`` (None: the
+    unweighted loss above) multiplies each image's squared error by the Min-SNR-gamma weight at its t
+    (L3, ``bound.losses.min_snr_weight``) before the batch mean. The gradient step and the
     "repeat ... until converged" loop are the trainer's (``trainer.py``: backward, Adam, EMA).
     """
     clean_images = clean_images.float()
@@ -64,7 +68,7 @@ def diffusion_loss(
     model_output = model(noisy_images, timesteps, **extra).sample.float()
     chain = noise_scheduler.diffusion_chain(device=clean_images.device)  # the training chain t -> t - 1
     loss = training_loss(loss_type, model_output, chain, noise_scheduler.reverse_step_config, clean_images,
-                         noisy_images, noise, timesteps, lambda_vlb=lambda_vlb)
+                         noisy_images, noise, timesteps, lambda_vlb=lambda_vlb, snr_gamma=snr_gamma)
     return LossOutput(loss=loss)
 
 

@@ -65,6 +65,7 @@ class TrainingOptions:
     variance_type: str = "fixed_small"
     loss_type: str = "simple"
     lambda_vlb: float = 0.001
+    snr_gamma: float | None = None  # Min-SNR-gamma weight on L_simple (derivation L3); None: unweighted
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
     beta_start: float = 1e-4
@@ -89,6 +90,8 @@ class TrainingOptions:
     ema_power: float
     mixed_precision: str | None = None  # None: the accelerate config's
     gradient_checkpointing: bool = False
+    # CPU runs: torch threads per process; None: the cores this process may use / processes on this machine
+    num_threads: int | None = None
     seed: int = 0
     # checkpoints and outputs
     output_dir: str

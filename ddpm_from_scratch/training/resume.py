@@ -43,7 +43,7 @@ MODEL_DEFINING_OPTIONS = ("unet_preset", "resolution", "class_conditional", "pre
 # these may change between the run and its continuation; the new value is used from the checkpoint on
 ADJUSTABLE_OPTIONS = ("learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1", "adam_beta2",
                       "adam_weight_decay", "adam_epsilon", "max_grad_norm", "train_batch_size",
-                      "gradient_accumulation_steps", "dropout", "lambda_vlb", "class_dropout_prob", "use_ema",
+                      "gradient_accumulation_steps", "dropout", "lambda_vlb", "snr_gamma", "class_dropout_prob", "use_ema",
                       "ema_max_decay", "ema_min_decay", "ema_inv_gamma", "ema_power", "random_flip", "center_crop",
                       "dataset_name", "dataset_config_name", "train_data_dir", "split", "image_column",
                       "label_column", "seed", "mixed_precision")

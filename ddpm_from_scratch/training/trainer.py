@@ -224,7 +224,8 @@ class Trainer:
             last = micro == self.accumulation - 1
             with nullcontext() if last else accelerator.no_sync(self.unet):
                 output = diffusion_loss(self.unet, self.noise_scheduler, images, generator, labels,
-                                        loss_type=opts.loss_type, lambda_vlb=opts.lambda_vlb)
+                                        loss_type=opts.loss_type, lambda_vlb=opts.lambda_vlb,
+                                        snr_gamma=opts.snr_gamma)
                 accelerator.backward(output.loss)  # divided by the accumulation steps inside
             total += output.loss.detach()
         grad_norm = accelerator.clip_grad_norm_(self.unet.parameters(), opts.max_grad_norm)
