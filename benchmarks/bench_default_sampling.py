@@ -15,6 +15,7 @@ is exact up to batching effects (the cost is linear in the images at these batch
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
         [f"num_inference_steps={full} (DDPM, diffusers' DDPMPipeline default)", f"{args.reference_images} (scaled)",
          f"{scaled:.3g}", f"{scaled * 1000 / args.num_images:.3g}", "1.0x"],
     ]
-    print(f"Sampling through DiffusionPipeline.from_pretrained(trust_remote_code=True) on {describe_device(torch.device('cpu'))}, "
-          f"{torch.get_num_threads()} threads; {software_versions()}")
+    print(f"Sampling through DiffusionPipeline.from_pretrained(trust_remote_code=True) on {describe_device(torch.device('cpu'))}; "
+          f"{software_versions()}; load average {os.getloadavg()[0]:.1f}")
     print(markdown_table(["call", "images", "wall s", "wall s / 1000 images", "speed-up"], rows))
     return rows
 

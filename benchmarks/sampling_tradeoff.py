@@ -238,9 +238,11 @@ COLOURS = {"fixed_small": (31, 119, 180), "fixed_large": (255, 127, 14), "analyt
            "diffusers_ddim": (140, 86, 75)}
 
 
-def render_plot(result: dict, target_seconds: float | None = None):
-    """FD (y) against wall seconds per 1000 images (x, log), a line per method with its K at each point;
-    grey band: the baseline's FD +- one real-subset sd; dashed line: ``target_seconds``."""
+def render_plot(result: dict, target_seconds: float | None = None, time_key: str = "sampling_wall_s",
+                band_label: str = "1000-step fixed_small +- real sd"):
+    """FD (y) against seconds per 1000 images (x, log; ``time_key`` of each cell: wall or CPU), a line per
+    method with its K at each point; grey band: the baseline's FD +- the sd in ``result["reference"]``;
+    dashed line: ``target_seconds``."""
     import PIL.Image
     import PIL.ImageDraw
     import PIL.ImageFont
@@ -249,7 +251,7 @@ def render_plot(result: dict, target_seconds: float | None = None):
 
     n = result["settings"]["num_images"]
     cells = result["cells"]
-    points = [(per_thousand(c["samples"]["sampling_wall_s"], n), c["samples"]["frechet_distance"], c) for c in cells]
+    points = [(per_thousand(c["samples"][time_key], n), c["samples"]["frechet_distance"], c) for c in cells]
     image = PIL.Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = PIL.ImageDraw.Draw(image)
     font = PIL.ImageFont.load_default()
@@ -274,7 +276,7 @@ def render_plot(result: dict, target_seconds: float | None = None):
         _, band_top = to_pixel(10 ** x_low, fd + sd)
         _, band_bottom = to_pixel(10 ** x_low, max(y_low, fd - sd))
         draw.rectangle([left + 1, band_top, right - 1, band_bottom], fill=(225, 225, 225))
-        draw.text((left + 6, band_top + 2), f"1000-step fixed_small +- real sd ({sd:.2f})", fill="black", font=font)
+        draw.text((left + 6, band_top + 2), f"{band_label} ({sd:.2f})", fill="black", font=font)
     for tick in _nice_ticks(y_low, y_high):
         _, py = to_pixel(10 ** x_low, tick)
         draw.line([left - 4, py, left, py], fill="black")
@@ -286,7 +288,8 @@ def render_plot(result: dict, target_seconds: float | None = None):
                 px, _ = to_pixel(seconds, y_low)
                 draw.line([px, bottom, px, bottom + 4], fill="black")
                 draw.text((px - 10, bottom + 8), f"{seconds:g}", fill="black", font=font)
-    draw.text(((left + right) // 2 - 120, HEIGHT - 20), "wall seconds per 1,000 images (log scale)", fill="black",
+    kind = "CPU" if time_key == "sampling_cpu_s" else "wall"
+    draw.text(((left + right) // 2 - 120, HEIGHT - 20), f"{kind} seconds per 1,000 images (log scale)", fill="black",
               font=font)
     if target_seconds:
         px, _ = to_pixel(target_seconds, y_low)

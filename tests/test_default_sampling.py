@@ -187,7 +187,8 @@ def test_ddpm_sample_without_a_step_count_uses_the_default(tmp_path, capsys):
     [
         (["--default_inference_steps", "0"], "--default_inference_steps must be in \\[1, --num_train_timesteps"),
         (["--default_inference_steps", "2000"], "--default_inference_steps"),
-        (["--default_eta", "0"], "--default_eta needs --default_inference_steps"),
+        (["--num_train_timesteps", "50", "--grid_inference_steps", "10", "--default_eta", "0"],
+         "--default_eta needs --default_inference_steps"),
         (["--default_inference_steps", "50", "--default_eta", "-1"], "--default_eta must be a number in \\[0, 1\\]"),
         (["--default_inference_steps", "50", "--default_eta", "0", "--variance_type", "fixed_large"],
          "--default_eta needs a --variance_type"),
@@ -198,13 +199,6 @@ def test_the_trainer_refuses_bad_default_settings_before_training(argv, match):
 
     with pytest.raises(ValueError, match=match):
         parse_options(["--preset", "digits", *argv])
-
-
-def test_the_digits_preset_records_no_default_yet():
-    from ddpm_from_scratch.training.config import parse_options
-
-    opts = parse_options(["--preset", "digits"])
-    assert (opts.default_inference_steps, opts.default_eta) == (None, None)
 
 
 @pytest.mark.slow
@@ -218,3 +212,16 @@ def test_the_trainer_records_the_default_in_the_saved_pipeline(tmp_path):
     assert pipeline.sampling_setting() == (25, 0.0)
     card = (out / "README.md").read_text()
     assert "25 steps, eta 0.0" in card and '"default_inference_steps": 25' in card
+
+
+def test_a_presets_default_setting_belongs_to_its_number_of_timesteps():
+    """The digits preset records 100 DDPM steps (docs/experiments.md, the trade-off); measured at T = 1000, it
+    is not carried to another --num_train_timesteps."""
+    from ddpm_from_scratch.training.config import parse_options
+
+    digits = parse_options(["--preset", "digits"])
+    assert (digits.default_inference_steps, digits.default_eta) == (100, None)
+    assert digits.grid_inference_steps == 100  # the final grid shows what pipe() draws
+    other_t = ["--num_train_timesteps", "50", "--grid_inference_steps", "10"]
+    assert parse_options(other_t).default_inference_steps is None
+    assert parse_options(other_t + ["--default_inference_steps", "10"]).default_inference_steps == 10

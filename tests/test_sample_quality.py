@@ -406,6 +406,10 @@ def test_report_compares_at_equal_n_and_prints(evaluator):
     json.dumps(report.to_dict())
     with pytest.raises(ValueError, match="at least 2"):
         evaluator.evaluate(samples[:1])
+    # fewer images than k + 1: the k-NN balls use k = N - 1, shown in the table
+    tiny = evaluator.evaluate(samples[:3])
+    assert tiny.nearest_neighbours == 2 and "precision (k = 2" in tiny.format_table()
+    assert report.nearest_neighbours == 5
 
 
 def test_module_level_api_matches_the_evaluator(evaluator, cache_dir):

@@ -92,3 +92,31 @@ def test_diffusers_ddim_rows_step_as_diffusers_ships_and_ddim_rows_with_the_clip
     torch.testing.assert_close(shipped.step(eps, t, x).prev_sample, default, rtol=0, atol=0)
     assert not torch.allclose(reference.step(eps, t, x, use_clipped_model_output=True).prev_sample, default)
     assert script.METHODS["ddim"] == script.Method("fixed_small", 0.0, False)
+
+
+def _seed_file(path, seed, fds, num_images=100):
+    """A sampling_tradeoff JSON holding one cell per (method, K) -> FD, as the script writes them."""
+    cells = [{"method": method, "steps": steps, "eta": None, "bound": None,
+              "samples": {"frechet_distance": fd, "classifier_score": 9.0 - fd / 10, "confident_fraction": 0.9,
+                          "sampling_cpu_s": steps / 10}}
+             for (method, steps), fd in fds.items()]
+    settings = {"path": "model", "num_images": num_images, "seed": seed, "device": "CPU"}
+    path.write_text(json.dumps({"settings": settings, "reference": {}, "cells": cells}))
+    return path
+
+
+def test_tradeoff_seeds_picks_the_fewest_steps_within_one_sd_of_the_baseline(tmp_path, capsys):
+    from benchmarks import tradeoff_seeds
+
+    # baseline FDs 4 and 6 (mean 5, sd 1.41): within means a mean FD <= 6.41
+    draws = {0: {("fixed_small", 1000): 4.0, ("fixed_small", 50): 6.0, ("fixed_small", 25): 7.0, ("ddim", 25): 6.0},
+             1000: {("fixed_small", 1000): 6.0, ("fixed_small", 50): 6.5, ("fixed_small", 25): 8.0, ("ddim", 25): 6.5}}
+    files = [_seed_file(tmp_path / f"s{seed}.json", seed, fds) for seed, fds in draws.items()]
+    rows = tradeoff_seeds.main([str(f) for f in files])
+    output = capsys.readouterr().out
+    within = {(row["method"], row["steps"]): row["within"] for row in rows}
+    assert within == {("ddim", 25): True, ("fixed_small", 25): False, ("fixed_small", 50): True,
+                      ("fixed_small", 1000): True}
+    assert output.strip().endswith("fastest setting within the spread: ddim at K = 25")
+    with pytest.raises(ValueError, match="one model at one N"):
+        tradeoff_seeds.main([str(files[0]), str(_seed_file(tmp_path / "other.json", 7, draws[0], num_images=50))])

@@ -19,7 +19,6 @@ computed then.
 from __future__ import annotations
 
 import argparse
-import inspect
 from typing import Any, Sequence
 
 from ..saving.atomic_io import write_json_atomic
@@ -126,17 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _sample_images(pipeline: Any, args: argparse.Namespace) -> Any:
     """``--num-samples`` samples as float (N, H, W, C) in [0, 1], drawn as ``evaluate_pipeline`` draws them:
     sample i seeded ``--seed`` + i, the pipeline's recorded default setting unless a step count is given."""
-    from ..sampling.seeded import sample_with_image_seeds
+    from ..digits.evaluation import sample_images
 
     pipeline.scheduler = chosen_scheduler(args.scheduler, pipeline.scheduler)
     steps, eta = (pipeline.sampling_setting(args.num_inference_steps) if hasattr(pipeline, "sampling_setting")
                   else (args.num_inference_steps or pipeline.scheduler.config.num_train_timesteps, None))
-    call: dict[str, Any] = {} if eta is None else {"eta": eta}
-    if "use_clipped_model_output" in inspect.signature(pipeline.__call__).parameters:
-        call["use_clipped_model_output"] = True  # diffusers' DDIMPipeline: the step our pipeline takes
     pipeline.set_progress_bar_config(disable=args.no_progress)
-    return sample_with_image_seeds(pipeline, args.num_samples, num_inference_steps=steps, batch_size=args.batch_size,
-                                   seed=args.seed, progress=not args.no_progress, **call)
+    return sample_images(pipeline, args.num_samples, steps, args.batch_size, args.seed, not args.no_progress, eta)
 
 
 def _inception_main(args: argparse.Namespace, json_out: Any) -> int:

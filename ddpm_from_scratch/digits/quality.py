@@ -93,9 +93,9 @@ _FEATURE_FIGURES = ("frechet_distance", "kid", "precision", "recall", "density",
 class QualityFigures:
     """The figures for one set of images (generated, or real for the reference row).
 
-    The feature-space figures (Frechet distance to label ``kid_subset_size``, :class:`FeatureFigures`)
-    are, for the reference row, the real-vs-real mean and spread over ``draws`` draws of
-    ``fd_num_images`` real train digits; the others are those of the 360 held-out digits.
+    The feature-space figures (``frechet_distance`` to ``coverage_std``: a :class:`FeatureFigures`) are,
+    for the reference row, the real-vs-real mean and spread over ``draws`` draws of ``fd_num_images``
+    real train digits; the other figures of the reference row are those of the 360 held-out digits.
     """
 
     num_images: int
@@ -103,7 +103,7 @@ class QualityFigures:
     frechet_distance_std: float  # reference: spread over draws of real digits; samples: 0 (one set)
     fd_num_images: int  # images entering the feature-space figures (reference: real train digits)
     draws: int  # reference: draws of real train digits; samples: 1
-    kid: float  # KID to the held-out split; lower is better, ~0 for real digits
+    kid: float  # KID to the held-out split; lower is better; compare with the real-vs-real row
     kid_std: float  # samples: std over KID's subsets; reference: std over draws
     kid_subset_size: int
     precision: float  # k-NN precision (0..1): share of images on the held-out manifold
@@ -250,9 +250,14 @@ class SampleQualityEvaluator:
         """Frechet distance from ``images`` to the held-out split in classifier features."""
         return frechet_distance(self.held_out_features, self.classifier.features(images))
 
+    def neighbours_for(self, num_images: int) -> int:
+        """The k of the k-NN figures for ``num_images`` images: ``nearest_neighbours``, at most N - 1 (a
+        k-NN ball needs k other images)."""
+        return max(1, min(self.nearest_neighbours, num_images - 1))
+
     def _feature_values(self, features: np.ndarray) -> dict[str, float]:
         """The feature-space figures of one feature set against the held-out features, by name."""
-        real, k = self.held_out_features, self.nearest_neighbours
+        real, k = self.held_out_features, self.neighbours_for(len(features))
         kid, kid_std, subset_size = kernel_inception_distance(
             real, features, self.kid_subsets, seed=self.reference_seed
         )
@@ -345,7 +350,7 @@ class SampleQualityEvaluator:
             confidence=self.confidence,
             near_copy_threshold=self.near_copy_threshold,
             near_copy_quantile=self.near_copy_quantile,
-            nearest_neighbours=self.nearest_neighbours,
+            nearest_neighbours=self.neighbours_for(samples.num_images),
             kid_subsets=self.kid_subsets,
         )
 

@@ -34,6 +34,10 @@ def resolve_options(namespace: argparse.Namespace) -> TrainingOptions:
         values["num_grid_images"] = given["eval_batch_size"]
     if "save_images_epochs" in given and "save_images_steps" not in given:
         values["save_images_steps"] = 0
+    # a preset's default sampling setting was measured at its own T: another --num_train_timesteps records none
+    if "num_train_timesteps" in given and "default_inference_steps" not in given:
+        values["default_inference_steps"] = None
+        values["default_eta"] = given.get("default_eta")
     if given.get("model_config_name_or_path") is not None:
         values["unet_config"] = load_unet_config(given["model_config_name_or_path"])
         values["unet_preset"] = CUSTOM_UNET
