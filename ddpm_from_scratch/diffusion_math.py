@@ -131,8 +131,8 @@ class DiffusionChain:
             posterior_log_variance_clipped=posterior_log_variance_clipped,
             posterior_mean_coef1=alphas_cumprod_prev.sqrt() * betas / (1 - alphas_cumprod),
             posterior_mean_coef2=alphas.sqrt() * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod),
-            eps_sq_mean=_statistic_table("eps_sq_mean", eps_sq_mean, alphas_cumprod),
-            eps_error_sq_mean=_statistic_table("eps_error_sq_mean", eps_error_sq_mean, alphas_cumprod),
+            eps_sq_mean=statistic_table("eps_sq_mean", eps_sq_mean, len(alphas_cumprod)),
+            eps_error_sq_mean=statistic_table("eps_error_sq_mean", eps_error_sq_mean, len(alphas_cumprod)),
             analytic_log_variance=torch.full_like(alphas_cumprod, math.nan),
             model_error_log_variance=torch.full_like(alphas_cumprod, math.nan),
         )
@@ -278,14 +278,15 @@ def _training_posterior_variance(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return (1 - alphas_cumprod_prev) / (1 - alphas_cumprod) * (1 - alphas_cumprod / alphas_cumprod_prev)
 
 
-def _statistic_table(name: str, values, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """A per-timestep mean of squares as a float64 table (NaN when None): one finite value >= 0 per timestep."""
+def statistic_table(name: str, values, num_timesteps: int) -> torch.Tensor:
+    """A per-timestep mean of squares (Gamma_t, Delta_t) as a float64 table (NaN when None): one finite value
+    >= 0 per training timestep, else a ValueError naming ``name``."""
     if values is None:
-        return torch.full_like(alphas_cumprod, math.nan)
+        return torch.full((num_timesteps,), math.nan, dtype=torch.float64)
     table = torch.as_tensor(values, dtype=torch.float64).cpu()
-    if table.shape != alphas_cumprod.shape:
+    if table.shape != (num_timesteps,):
         raise ValueError(
-            f"{name} must have one value per training timestep ({len(alphas_cumprod)}), got shape {tuple(table.shape)}"
+            f"{name} must have one value per training timestep, shape ({num_timesteps},), got shape {tuple(table.shape)}"
         )
     if not (torch.isfinite(table).all() and (table >= 0).all()):
         raise ValueError(f"{name} must be finite and >= 0 (it is a mean of squares)")
@@ -627,7 +628,7 @@ def analytic_variance_unclipped(chain: DiffusionChain, eps_sq_mean: torch.Tensor
     ``eps_sq_mean``: Gamma_t = E ||eps_theta(x_t, t)||^2 / d (A3), length T, indexed by the step's
     start t. A (T,) float64 table (inf where abar_t = 0).
     """
-    gamma = _statistic_table("eps_sq_mean", eps_sq_mean, chain.alphas_cumprod)
+    gamma = statistic_table("eps_sq_mean", eps_sq_mean, chain.num_timesteps)
     return optimal_variance(chain.posterior_variance, chain.posterior_mean_coef1, chain.alphas_cumprod, 1 - gamma)
 
 
@@ -673,7 +674,7 @@ def model_error_variance(
     with Imperfect Mean"); never below beta~, finite on the final step (where beta~ = 0). Where
     abar_t = 0 (D3 divides by zero there) it takes the bound A2, beta~ + c_0^2 r^2.
     """
-    delta = _statistic_table("eps_error_sq_mean", eps_error_sq_mean, chain.alphas_cumprod)
+    delta = statistic_table("eps_error_sq_mean", eps_error_sq_mean, chain.num_timesteps)
     variance = optimal_variance(chain.posterior_variance, chain.posterior_mean_coef1, chain.alphas_cumprod, delta)
     _, upper = analytic_variance_bounds(chain, data_half_range)
     return torch.where(chain.alphas_cumprod > 0, variance, upper).clamp(min=MIN_VARIANCE)

@@ -43,6 +43,7 @@ from .diffusion_math import (
     p_mean_variance,
     predict_xstart,
     simple_loss_target,
+    statistic_table,
 )
 from .tensor_utils import (
     ArgumentTypeError,
@@ -216,15 +217,9 @@ class ScratchDDPMScheduler(SchedulerMixin, ConfigMixin):
         array = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values)
         if array.dtype.kind not in "iuf":
             raise ArgumentTypeError(f"{key} must be real numbers, got {array.dtype} values")
-        if array.shape != (num_train_timesteps,):
-            raise ValueError(
-                f"{key} must have one value per training timestep, shape ({num_train_timesteps},), got shape {array.shape}"
-            )
-        if not (np.isfinite(array).all() and (array >= 0).all()):
-            raise ValueError(f"{key} must be finite and >= 0 (it is a mean of squares)")
-        array = array.astype(np.float64)
-        self.register_to_config(**{key: array.tolist()})
-        return torch.from_numpy(array)
+        table = statistic_table(key, array, num_train_timesteps)
+        self.register_to_config(**{key: table.tolist()})
+        return table
 
     # ---- the diffusers scheduler contract -------------------------------------------------
 
