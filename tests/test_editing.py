@@ -21,21 +21,17 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from benchmarks import repaint_gaussian as toy
 from ddpm_from_scratch.editing import ScratchImg2ImgPipeline, ScratchInpaintPipeline, named_mask, repaint_schedule
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 
 # ---- the Gaussian toy ------------------------------------------------------------------------------
+# Its data, the exact conditional and the exact law of RePaint's walk are in benchmarks/repaint_gaussian.py.
 
-TOY_T = 200
-TOY_MEAN = [0.1, -0.1, 0.0, 0.2]  # pixels in row-major order of a 2x2 image
-TOY_STD = [0.25, 0.2, 0.22, 0.25]
-TOY_CORR = [[1.0, 0.56, 0.63, 0.49], [0.56, 1.0, 0.525, 0.595], [0.63, 0.525, 1.0, 0.56], [0.49, 0.595, 0.56, 1.0]]
 # Monte-Carlo tolerance: this many standard errors, sqrt(S_ii / N) for a mean, sqrt((S_ii S_jj + S_ij^2) / N) for a
 # covariance entry
 MC_TOLERANCE = 4.0
-KNOWN, UNKNOWN = [0, 1], [2, 3]  # the upper row is kept, the lower row filled
-NUM_TOY_SAMPLES = 4000
 
 
 @dataclass
@@ -62,31 +58,18 @@ class GaussianOptimalEps(ModelMixin, ConfigMixin):
         return _Output(sample=eps.reshape(sample.shape))
 
 
-def toy_covariance() -> torch.Tensor:
-    std = torch.tensor(TOY_STD, dtype=torch.float64)
-    return torch.tensor(TOY_CORR, dtype=torch.float64) * std[:, None] * std[None]
-
-
-def toy_scheduler(num_train_timesteps: int = TOY_T) -> ScratchDDPMScheduler:
-    """The paper's linear betas stretched to T steps (abar_T ~ 4e-5 as at T = 1000); no x_0 clipping (the data
-    are Gaussian). Variance beta_t ("fixed_large"): with the optimal mean, DDPM's samples of this toy have the
-    data's covariance to within 1-5% at T = 200; beta~_t ("fixed_small") gives 9-16% too little at T = 200
-    (5% at T = 1000), which would hide RePaint's own error (docs/editing.md)."""
-    scale = 1000 / num_train_timesteps
-    return ScratchDDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=1e-4 * scale,
-                                beta_end=0.02 * scale, clip_sample=False, variance_type="fixed_large")
+def toy_scheduler(num_train_timesteps: int) -> ScratchDDPMScheduler:
+    """The toy's betas (the paper's, stretched to T steps); no x_0 clipping (the data are Gaussian). Variance
+    beta_t ("fixed_large"): with the optimal mean, DDPM's samples of this toy have the data's covariance to
+    within 1-5% at T = 200; beta~_t ("fixed_small") gives 9-16% too little at T = 200 (5% at T = 1000), which
+    would hide RePaint's own error (docs/editing.md)."""
+    return ScratchDDPMScheduler(num_train_timesteps=num_train_timesteps, trained_betas=toy.toy_betas(num_train_timesteps),
+                                clip_sample=False, variance_type="fixed_large")
 
 
 def toy_unet(scheduler: ScratchDDPMScheduler) -> GaussianOptimalEps:
-    return GaussianOptimalEps(TOY_MEAN, toy_covariance().tolist(), scheduler.forward_chain.alphas_cumprod.tolist())
-
-
-def exact_conditional(x_known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean mu_u + S_uk S_kk^-1 (x_k - mu_k) and covariance S_uu - S_uk S_kk^-1 S_ku of the unknown pixels."""
-    mu, sigma = torch.tensor(TOY_MEAN, dtype=torch.float64), toy_covariance()
-    s_uk, s_kk = sigma[UNKNOWN][:, KNOWN], sigma[KNOWN][:, KNOWN]
-    mean = mu[UNKNOWN] + s_uk @ torch.linalg.solve(s_kk, x_known - mu[KNOWN])
-    return mean, sigma[UNKNOWN][:, UNKNOWN] - s_uk @ torch.linalg.solve(s_kk, s_uk.T)
+    return GaussianOptimalEps(toy.TOY_MEAN, toy.toy_covariance().tolist(),
+                              scheduler.forward_chain.alphas_cumprod.tolist())
 
 
 class FinalLatents:
@@ -97,65 +80,83 @@ class FinalLatents:
         return callback_kwargs
 
 
-def toy_inpaint(jump_length: int, jump_n_sample: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(samples of the unknown pixels (N, 2), their exact conditional mean, covariance), float64."""
-    scheduler = toy_scheduler()
+def toy_inpaint(num_train_timesteps: int, jump_length: int, jump_n_sample: int, num_samples: int,
+                seed: int = 0) -> torch.Tensor:
+    """(num_samples, 2) samples of the lower row given the upper row (toy.known_row()), float64."""
+    scheduler = toy_scheduler(num_train_timesteps)
     pipe = ScratchInpaintPipeline(unet=toy_unet(scheduler), scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    mu, std = torch.tensor(TOY_MEAN, dtype=torch.float64), torch.tensor(TOY_STD, dtype=torch.float64)
-    x_known = mu[KNOWN] + std[KNOWN]  # one standard deviation up: the conditional mean moves away from mu
-    mean, covariance = exact_conditional(x_known)
     x_start = torch.zeros(4, dtype=torch.float64)
-    x_start[KNOWN], x_start[UNKNOWN] = x_known, 0.9  # far from the answer: the unknown input pixels must not leak
-    image = ((x_start.reshape(1, 1, 2, 2) + 1) / 2).float().repeat(NUM_TOY_SAMPLES, 1, 1, 1)
+    x_start[toy.KNOWN], x_start[toy.UNKNOWN] = toy.known_row(), 0.9  # far from the answer: must not leak
+    image = ((x_start.reshape(1, 1, 2, 2) + 1) / 2).float().repeat(num_samples, 1, 1, 1)
     final = FinalLatents()
-    pipe(image, named_mask("lower-half", 2, 2), num_inference_steps=TOY_T, jump_length=jump_length,
-         jump_n_sample=jump_n_sample, generator=seeded(0), output_type="pt", callback_on_step_end=final)
+    pipe(image, named_mask("lower-half", 2, 2), num_inference_steps=num_train_timesteps, jump_length=jump_length,
+         jump_n_sample=jump_n_sample, generator=seeded(seed), output_type="pt", callback_on_step_end=final)
     samples = final.latents.flatten(1)
-    assert torch.equal(samples[:, KNOWN], (image * 2 - 1).flatten(1)[:, KNOWN])  # the known pixels, exactly
-    samples = samples.double()
-    return samples[:, UNKNOWN], mean, covariance
+    assert torch.equal(samples[:, toy.KNOWN], (image * 2 - 1).flatten(1)[:, toy.KNOWN])  # the known pixels, exactly
+    return samples.double()[:, toy.UNKNOWN]
 
 
+def z_scores(samples: torch.Tensor, mean: torch.Tensor, covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How many standard errors the samples' mean and covariance are from (mean, covariance)."""
+    mean_se, cov_se = toy.standard_errors(covariance, len(samples))
+    return (samples.mean(0) - mean) / mean_se, (torch.cov(samples.T) - covariance) / cov_se
+
+
+def test_repaint_samples_have_the_exact_law_of_its_walk():
+    """The pipeline samples RePaint's algorithm exactly: on the Gaussian toy every step is affine plus Gaussian
+    noise, so the law of the output has a mean and covariance computable without sampling
+    (toy.repaint_moments, the moments behind docs/editing.md's table). N = 4000, T = 100, j = 5, r = 5."""
+    samples = toy_inpaint(100, jump_length=5, jump_n_sample=5, num_samples=4000)
+    law = toy.repaint_moments(100, jump_length=5, jump_n_sample=5)
+    mean_z, cov_z = z_scores(samples, law.mean, law.covariance)
+    assert (mean_z.abs() < MC_TOLERANCE).all() and (cov_z.abs() < MC_TOLERANCE).all(), (mean_z, cov_z)
+
+
+@pytest.mark.slow
 def test_repaint_with_resampling_matches_the_exact_conditional_and_without_it_does_not():
-    """N = 4000 samples of the lower row given the upper row (one standard deviation above its mean).
+    """N = 2000 samples of the lower row given the upper row (one standard deviation above its mean), T = 400.
 
-    With resampling on (j = 5, r = 20) the covariance is within Monte-Carlo error; the mean falls short of the
-    exact one by RePaint's own bias, 2-12% of the shift (1.4-7 standard errors over seeds 0-2), allowed here as
-    10% of the shift on top of the Monte-Carlo tolerance. (Resampling at every step, j = 1 and r = 60, brings
-    the mean within 1-2% of the shift but shrinks the variance by 40%: RePaint is an approximation either
-    way; docs/editing.md.) With resampling off the mean falls short by 43-48% of the shift (~27 standard
-    errors) and the covariance is 20-65% too large: the known pixels inform the unknown ones too little.
+    RePaint is an approximation: the unknown pixels see the known x_0 only through its noised x_t. Its own
+    error at j = 5, r = 20 (exact, from toy.repaint_moments) is 3-4% of the shift in the mean (1.5-1.7
+    standard errors at this N) and under 3% in the covariance, so the samples match the exact conditional
+    within Monte-Carlo error. Without resampling the mean gets only 53-59% of the way from the prior mean
+    (~18 standard errors short) and the covariance is 20-65% too large.
     """
-    n = NUM_TOY_SAMPLES
-    on, mean, covariance = toy_inpaint(jump_length=5, jump_n_sample=20)
-    off, _, _ = toy_inpaint(jump_length=5, jump_n_sample=1)
-    shift = (mean - torch.tensor(TOY_MEAN, dtype=torch.float64)[UNKNOWN]).abs()
-    mean_se = (covariance.diagonal() / n).sqrt()
-    cov_se = ((covariance.diagonal()[:, None] * covariance.diagonal()[None] + covariance**2) / n).sqrt()
+    n, steps = 2000, 400
+    mean, covariance = toy.exact_conditional(toy.known_row())
+    own_error = z_scores(toy.repaint_moments(steps, 5, 20).mean[None].expand(n, 2), mean, covariance)[0]
+    assert (own_error.abs() < 2).all(), own_error  # the setting is one where RePaint itself is within 2 SE
 
-    error_on, error_off = (on.mean(0) - mean).abs(), (off.mean(0) - mean).abs()
-    assert (error_on <= MC_TOLERANCE * mean_se + 0.1 * shift).all(), (on.mean(0), mean)
-    assert ((torch.cov(on.T) - covariance).abs() <= MC_TOLERANCE * cov_se).all(), (torch.cov(on.T), covariance)
-    assert (error_off >= 0.3 * shift).all() and (error_off > 10 * mean_se).all(), (off.mean(0), mean)
-    assert ((torch.cov(off.T) - covariance).abs() > MC_TOLERANCE * cov_se).any(), (torch.cov(off.T), covariance)
+    mean_z, cov_z = z_scores(toy_inpaint(steps, jump_length=5, jump_n_sample=20, num_samples=n), mean, covariance)
+    assert (mean_z.abs() < MC_TOLERANCE).all() and (cov_z.abs() < MC_TOLERANCE).all(), (mean_z, cov_z)
+
+    off = toy_inpaint(steps, jump_length=5, jump_n_sample=1, num_samples=n)
+    shift = mean - toy.toy_mean()[toy.UNKNOWN]
+    mean_z, cov_z = z_scores(off, mean, covariance)
+    assert ((off.mean(0) - mean).abs() >= 0.3 * shift.abs()).all() and (mean_z.abs() > 10).all(), mean_z
+    assert (cov_z.abs() > MC_TOLERANCE).any(), cov_z
+
+
+def test_the_moment_table_script_prints_one_row_per_setting(capsys):
+    toy.main(["--num-train-timesteps", "20", "--jump-lengths", "2", "--jump-n-samples", "1", "3",
+              "--variance", "fixed_large", "exact"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| T | variance | j | r | mean error / shift") and len(lines) == 2 + 4
+    assert "| 20 | exact | 2 | 3 |" in "\n".join(lines)
 
 
 def test_unconditional_toy_chain_samples_the_data_distribution():
     """The toy itself is right: with the whole image masked, RePaint is plain DDPM sampling of N(mu, Sigma)."""
-    scheduler = toy_scheduler()
+    scheduler = toy_scheduler(200)
     pipe = ScratchInpaintPipeline(unet=toy_unet(scheduler), scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     final = FinalLatents()
-    image = torch.full((NUM_TOY_SAMPLES, 1, 2, 2), 0.5)
-    pipe(image, torch.ones(2, 2), num_inference_steps=TOY_T, jump_n_sample=1, generator=seeded(1),
+    image = torch.full((4000, 1, 2, 2), 0.5)
+    pipe(image, torch.ones(2, 2), num_inference_steps=200, jump_n_sample=1, generator=seeded(1),
          output_type="pt", callback_on_step_end=final)
-    samples = final.latents.double().flatten(1)
-    sigma = toy_covariance()
-    mean_se = (sigma.diagonal() / NUM_TOY_SAMPLES).sqrt()
-    assert ((samples.mean(0) - torch.tensor(TOY_MEAN, dtype=torch.float64)).abs() < MC_TOLERANCE * mean_se).all()
-    cov_se = ((sigma.diagonal()[:, None] * sigma.diagonal()[None] + sigma**2) / NUM_TOY_SAMPLES).sqrt()
-    assert ((torch.cov(samples.T) - sigma).abs() < MC_TOLERANCE * cov_se).all(), (torch.cov(samples.T), sigma)
+    mean_z, cov_z = z_scores(final.latents.double().flatten(1), toy.toy_mean(), toy.toy_covariance())
+    assert (mean_z.abs() < MC_TOLERANCE).all() and (cov_z.abs() < MC_TOLERANCE).all(), (mean_z, cov_z)
 
 
 # ---- known pixels, strength ------------------------------------------------------------------------
