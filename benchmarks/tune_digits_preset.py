@@ -1,13 +1,15 @@
 #!/usr/bin/env python
-"""Measure candidate settings of the `digits` preset: training time, final loss and sample quality at N = 360.
+"""Measure candidate settings of the `digits` preset: training time, final loss, and the evaluator's figures at N = 1,000.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.tune_digits_preset --candidates preset steps2000 --seeds 0 1 --jobs 2
+    OMP_NUM_THREADS=1 python -m benchmarks.tune_digits_preset --candidates preset cosine --seeds 0 1 --jobs 2
 
 Each candidate is a complete `training/train.py --preset digits` run (data, training, checkpoints,
 saving) in a subprocess, with the candidate's options added, once per training seed. Each trained
-pipeline is then scored by `ddpm-evaluate` on N = 360 samples (image i seeded i) at each
-`--eval-steps` K with the saved variance, against the 360 held-out digits. The table has one row
-per run and, with several seeds, one mean +- sd row per candidate.
+pipeline is then scored by `ddpm-evaluate` on N = 1,000 samples (image i seeded i), sampled with the
+setting the pipeline saved (the preset's default: 100 DDPM steps) or with each `--eval-steps` K,
+against the 360 held-out digits. The table has one row per run, one mean +- sd row per candidate
+with several seeds, and a last row with the same figures for 1,000 real train digits (mean +- sd
+over 10 draws): the spread a model has to fall within.
 
 `train min` is the trainer's own `training_minutes` (the update loop, without start-up or the final
 grid). With `--jobs 2` two runs share the machine, one thread each: times are comparable between rows
@@ -32,25 +34,38 @@ from benchmarks.common import print_table
 
 TRAIN = Path(__file__).resolve().parents[1] / "training" / "train.py"
 
+# The base of the tuning round: the digits preset before it (linear betas, 2,500 updates). Every candidate
+# but "preset" is this base with the named change.
+LINEAR_2500 = {"--beta_schedule": "linear", "--max_train_steps": "2500"}
+
+
+def on_linear_2500(**changes: str) -> list[str]:
+    """The command-line options of LINEAR_2500 with ``changes`` (option names without the dashes)."""
+    options = {**LINEAR_2500, **{f"--{name}": value for name, value in changes.items()}}
+    return [item for pair in options.items() for item in pair]
+
+
 # name -> (options added to `--preset digits`, overrides of the digits UNet preset's config)
 CANDIDATES: dict[str, tuple[list[str], dict[str, Any]]] = {
     "preset": ([], {}),
-    # the 0.2.0 preset: what `preset` meant when the table in docs/training.md was measured
-    "v0.2.0": (["--max_train_steps", "1500"], {"layers_per_block": 2}),
-    "steps1000": (["--max_train_steps", "1000"], {}),
-    "steps2000": (["--max_train_steps", "2000"], {}),
-    "steps3000": (["--max_train_steps", "3000"], {}),
-    "cosine": (["--lr_scheduler", "cosine"], {}),
-    "lr2e-3": (["--learning_rate", "2e-3"], {}),
-    "batch128": (["--train_batch_size", "128"], {}),
-    "ema0.9995": (["--ema_max_decay", "0.9995"], {}),
-    "ema_power2/3": (["--ema_power", "0.6667"], {}),
-    "cosine_betas": (["--beta_schedule", "squaredcos_cap_v2"], {}),
-    "l1": ([], {"layers_per_block": 1}),
-    "l1_steps2500": (["--max_train_steps", "2500"], {"layers_per_block": 1}),
-    "l1_steps3000": (["--max_train_steps", "3000"], {"layers_per_block": 1}),
-    "wide48": ([], {"block_out_channels": [48, 96, 96]}),
+    "linear2500": (on_linear_2500(), {}),
+    # the 0.2.0 preset, the digits model of docs/experiments.md's comparison with stock diffusers
+    "v0.2.0": (on_linear_2500(max_train_steps="1500"), {"layers_per_block": 2}),
+    "steps4000": (on_linear_2500(max_train_steps="4000"), {}),
+    "cosine_lr": (on_linear_2500(lr_scheduler="cosine"), {}),
+    "snr5": (on_linear_2500(snr_gamma="5"), {}),
+    "v_prediction": (on_linear_2500(prediction_type="v_prediction"), {}),
+    "batch128": (on_linear_2500(train_batch_size="128"), {}),
+    "cosine_betas": (on_linear_2500(beta_schedule="squaredcos_cap_v2"), {}),
+    "cosine_betas_batch128": (on_linear_2500(beta_schedule="squaredcos_cap_v2", train_batch_size="128"), {}),
+    "cosine_betas_steps3500": (on_linear_2500(beta_schedule="squaredcos_cap_v2", max_train_steps="3500"), {}),
+    "wide48": (on_linear_2500(), {"block_out_channels": [48, 96, 96]}),
 }
+
+# the evaluator's figures in the table: (column, key of ddpm-evaluate's sample_quality.samples)
+FIGURES = (("fd", "frechet_distance"), ("kid", "kid"), ("precision", "precision"), ("recall", "recall"),
+           ("density", "density"), ("confident", "confident_fraction"))
+NUM_SAMPLES = 1000
 
 
 def unet_config_file(overrides: dict[str, Any], folder: Path) -> Path:
@@ -81,18 +96,35 @@ def train_and_score(name: str, seed: int, eval_steps: list[int], keep: Path) -> 
         return {**row, "error": result.returncode}
     metrics = json.loads((output_dir / "run" / "metrics.json").read_text())
     row.update(train_min=metrics["training_minutes"], final_loss=metrics["final_loss"])
-    for steps in eval_steps:
-        report = output_dir / f"eval{steps}.json"
-        evaluate = ["ddpm-evaluate", str(output_dir / "run"), "--num-samples", "360", "--num-inference-steps",
-                    str(steps), "--nll-images", "0", "--no-progress", "--json", str(report)]
+    for steps in eval_steps or [None]:
+        report = output_dir / f"eval{steps or 'default'}.json"
+        evaluate = ["ddpm-evaluate", str(output_dir / "run"), "--num-samples", str(NUM_SAMPLES), "--nll-images", "0",
+                    "--no-progress", "--json", str(report)]
+        if steps is not None:
+            evaluate += ["--num-inference-steps", str(steps)]
         result = subprocess.run(evaluate, capture_output=True, text=True)
         if result.returncode:
             print(f"{name} seed {seed} evaluation failed:\n{result.stderr[-3000:]}", file=sys.stderr)
             return {**row, "error": result.returncode}
-        figures = json.loads(report.read_text())
-        row[f"fd{steps}"] = figures["sample_quality"]["samples"]["frechet_distance"]
-        row[f"score{steps}"] = figures["sample_quality"]["samples"]["classifier_score"]
+        quality = json.loads(report.read_text())["sample_quality"]
+        row.update(figure_cells(quality["samples"], steps))
+        row["real"] = quality["reference"]  # the same for every run: real digits, the same draws
     return row
+
+
+def figure_cells(figures: dict[str, Any], steps: int | None) -> dict[str, float]:
+    """The table's cells of one evaluator report (samples or real digits), the columns suffixed by K."""
+    return {f"{column}{steps or ''}": figures[key] for column, key in FIGURES}
+
+
+def real_row(figures: dict[str, Any], eval_steps: list[int | None]) -> dict[str, str]:
+    """The real train digits' figures (mean +- sd over the evaluator's draws), under every K's columns."""
+    cells = {"name": "real train digits", "seed": f"{figures['draws']} draws"}
+    for column, key in FIGURES:
+        for steps in eval_steps:
+            std = figures.get(f"{key}_std")  # the classifier's figures come from one draw, without a spread
+            cells[f"{column}{steps or ''}"] = f"{figures[key]:.4g}" + ("" if std is None else f" +- {std:.2g}")
+    return cells
 
 
 def summary(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, str]:
@@ -109,13 +141,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidates", nargs="+", default=["preset"], choices=sorted(CANDIDATES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (--seed of the trainer)")
-    parser.add_argument("--eval-steps", nargs="+", type=int, default=[50], help="sampling steps of the scoring")
+    parser.add_argument("--eval-steps", nargs="+", type=int, default=[],
+                        help="sampling steps of the scoring (default: the setting the pipeline saved)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (give each one thread: OMP_NUM_THREADS=1)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs' folders here (default: a temp folder)")
     args = parser.parse_args()
     keep = args.keep or Path(tempfile.mkdtemp(prefix="tune-digits-"))
+    eval_steps = args.eval_steps or [None]
     columns = ["name", "seed", "wall_s", "train_min", "final_loss",
-               *[f"{kind}{steps}" for steps in args.eval_steps for kind in ("fd", "score")]]
+               *[f"{column}{steps or ''}" for steps in eval_steps for column, _ in FIGURES]]
     print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()}, OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, jobs {args.jobs}, runs in {keep}")
     runs = [(name, seed) for name in args.candidates for seed in args.seeds]
@@ -127,6 +161,9 @@ def main() -> None:
         table += [row for row in rows if row["name"] == name]
         if len(mine) > 1:
             table.append(summary(mine, columns))
+    scored = [row for row in rows if "real" in row]
+    if scored:
+        table.append(real_row(scored[0]["real"], eval_steps))
     print_table(columns, [[_cell(row.get(column, "")) for column in columns] for row in table])
 
 

@@ -304,6 +304,19 @@ def test_classifier_training_is_deterministic_and_leaves_global_rng_alone(classi
         assert torch.equal(tensor, retrained.state_dict()[name]), name
 
 
+def test_classifier_trained_on_a_subset_sees_only_those_rows():
+    """train_subset (benchmarks/evaluator_reference_bias.py): every row in order is the whole split; a subset
+    trains a different model, the same for the same subset."""
+    config = DigitsClassifierConfig(epochs=1)
+    (train_images, _), _ = dc.train_and_held_out_arrays(config)
+    whole, every_row = train_digits_classifier(config), train_digits_classifier(config, train_subset=np.arange(len(train_images)))
+    half, half_again = (train_digits_classifier(config, train_subset=np.arange(0, len(train_images), 2)) for _ in range(2))
+    for name, tensor in whole.state_dict().items():
+        assert torch.equal(tensor, every_row.state_dict()[name]), name
+        assert torch.equal(half.state_dict()[name], half_again.state_dict()[name]), name
+    assert any(not torch.equal(tensor, half.state_dict()[name]) for name, tensor in whole.state_dict().items())
+
+
 def test_classifier_is_loaded_from_cache_and_a_broken_cache_is_replaced(classifier, cache_dir, monkeypatch):
     path = classifier.cache_path
     assert path is not None and path.parent == cache_dir and path.suffix == ".safetensors"

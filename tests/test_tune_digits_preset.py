@@ -32,3 +32,22 @@ def test_the_summary_row_is_mean_and_sample_sd_per_column():
     cells = tune.summary(rows, ["name", "seed", "fd50"])
     assert cells["name"] == "x" and cells["seed"] == "mean +- sd"
     assert cells["fd50"] == f"{statistics.mean([8, 9, 13]):.4g} +- {statistics.stdev([8, 9, 13]):.2g}" == "10 +- 2.6"
+
+
+def test_the_real_row_gives_each_figure_with_its_spread_under_every_columns_k():
+    figures = {"draws": 10, "frechet_distance": 3.09, "frechet_distance_std": 0.37, "kid": -150.9, "kid_std": 21.5,
+               "precision": 0.9732, "precision_std": 0.0024, "recall": 0.95, "recall_std": 0.0066,
+               "density": 1.037, "density_std": 0.0066, "confident_fraction": 0.961}
+    cells = tune.real_row(figures, [None, 50])
+    assert cells["seed"] == "10 draws" and cells["fd"] == cells["fd50"] == "3.09 +- 0.37"
+    assert cells["precision"] == "0.9732 +- 0.0024" and cells["confident"] == "0.961"
+    assert tune.figure_cells(figures, 50)["kid50"] == -150.9 and "fd" in tune.figure_cells(figures, None)
+
+
+def test_candidates_are_the_tuning_base_with_one_named_change_and_the_winner_is_the_preset():
+    assert tune.on_linear_2500(snr_gamma="5") == ["--beta_schedule", "linear", "--max_train_steps", "2500",
+                                                  "--snr_gamma", "5"]
+    assert tune.on_linear_2500(max_train_steps="4000")[2:4] == ["--max_train_steps", "4000"]
+    winner = parse_options(["--output_dir", "x", *tune.CANDIDATES["cosine_betas_steps3500"][0]])
+    preset = parse_options(["--output_dir", "x"])
+    assert (winner.beta_schedule, winner.max_train_steps) == (preset.beta_schedule, preset.max_train_steps)

@@ -126,9 +126,10 @@ def _single_thread() -> Iterator[None]:
 
 
 def train_digits_classifier(
-    config: DigitsClassifierConfig | None = None, progress: bool = False
+    config: DigitsClassifierConfig | None = None, progress: bool = False, train_subset: np.ndarray | None = None
 ) -> DigitsClassifier:
-    """Train a fresh classifier on the ``train`` split; same config -> bit-identical weights.
+    """Train a fresh classifier on the ``train`` split (or on its rows ``train_subset``); same config ->
+    bit-identical weights.
 
     Uses its own ``torch.Generator`` for initialisation, shuffling and augmentation, so the
     caller's global RNG state is left untouched.
@@ -137,6 +138,8 @@ def train_digits_classifier(
 
     config = config or DigitsClassifierConfig()
     (train_images, train_labels), _ = train_and_held_out_arrays(config)
+    if train_subset is not None:
+        train_images, train_labels = train_images[train_subset], train_labels[train_subset]
     x_all = uint8_to_model_range(train_images).unsqueeze(1)
     y_all = torch.from_numpy(train_labels)
 
