@@ -29,33 +29,19 @@ from benchmarks.common import print_table
 FIGURES = ("frechet_distance", "precision", "recall", "density", "coverage", "confident_fraction")
 
 
-def figures(classifier, images: np.ndarray, held_out_features: np.ndarray, k: int = 5,
-            confidence: float = 0.9) -> dict[str, float]:
-    """The evaluator's feature-space figures of ``images`` against the held-out features, and its confident
-    fraction, in ``classifier``'s features."""
-    from ddpm_from_scratch.digits.metrics import (frechet_distance, knn_coverage, knn_density, knn_precision,
-                                                  knn_recall)
-
-    features = classifier.features(images)
-    return {"frechet_distance": frechet_distance(held_out_features, features),
-            "precision": knn_precision(held_out_features, features, k),
-            "recall": knn_recall(held_out_features, features, k),
-            "density": knn_density(held_out_features, features, k),
-            "coverage": knn_coverage(held_out_features, features, k),
-            "confident_fraction": float((classifier.probabilities(images).max(axis=1) >= confidence).mean())}
-
-
-def summary_row(name: str, rows: list[dict[str, float]]) -> list[str]:
+def summary_row(name: str, rows: list) -> list[str]:
+    """One table row: mean +- sd of each figure over the image sets' ``QualityFigures``."""
     cells = [name, str(len(rows))]
     for figure in FIGURES:
-        values = np.array([row[figure] for row in rows])
+        values = np.array([getattr(row, figure) for row in rows])
         cells.append(f"{values.mean():.4f} +- {values.std(ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}")
     return cells
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ddpm_from_scratch.digits.classifier import (DigitsClassifierConfig, TrainedDigitsClassifier,
+    from ddpm_from_scratch.digits.classifier import (DigitsClassifierConfig, TrainedDigitsClassifier, held_out_accuracy,
                                                      train_and_held_out_arrays, train_digits_classifier)
+    from ddpm_from_scratch.digits.quality import SampleQualityEvaluator
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-images", type=int, default=360, help="N of every draw and sample set (default 360)")
@@ -67,20 +53,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     config = DigitsClassifierConfig()
-    (train_images, train_labels), (held_out_images, held_out_labels) = train_and_held_out_arrays(config)
+    (train_images, _), (held_out_images, _) = train_and_held_out_arrays(config)
     order = np.random.default_rng(args.split_seed).permutation(len(train_images))
     seen, unseen = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
     if not 2 <= args.num_images <= len(unseen):
         raise SystemExit(f"--num-images must be in [2, {len(unseen)}] (half the train split), got {args.num_images}")
-    classifier = TrainedDigitsClassifier(
-        train_digits_classifier(config, train_subset=seen), config, held_out_accuracy=float("nan"))
-    accuracy = float((classifier.predict(held_out_images) == held_out_labels).mean())
-    held_out_features = classifier.features(held_out_images)
+    model = train_digits_classifier(config, train_subset=seen)
+    classifier = TrainedDigitsClassifier(model, config, held_out_accuracy(model, config))
+    evaluator = SampleQualityEvaluator(classifier)  # the evaluator's figures, in this classifier's features
 
     rng = np.random.default_rng(args.split_seed + 1)
     table = []
     for name, half in (("real, seen by the classifier (A)", seen), ("real, unseen (B)", unseen)):
-        rows = [figures(classifier, train_images[rng.choice(half, args.num_images, replace=False)], held_out_features)
+        rows = [evaluator.figures(train_images[rng.choice(half, args.num_images, replace=False)])
                 for _ in range(args.draws)]
         table.append(summary_row(name, rows))
     if args.pipeline:
@@ -90,12 +75,12 @@ def main(argv: list[str] | None = None) -> None:
         pipeline = load_any_pipeline(args.pipeline)
         pipeline.set_progress_bar_config(disable=True)
         steps, eta = pipeline.sampling_setting(None) if hasattr(pipeline, "sampling_setting") else (None, None)
-        rows = [figures(classifier, sample_digits(pipeline, args.num_images, steps, args.num_images, seed, eta=eta),
-                        held_out_features) for seed in args.sampling_seeds]
+        rows = [evaluator.figures(sample_digits(pipeline, args.num_images, steps, args.num_images, seed, eta=eta))
+                for seed in args.sampling_seeds]
         table.append(summary_row(f"samples of {os.path.basename(os.path.normpath(args.pipeline))} "
                                  f"({steps} steps)", rows))
     print(f"# classifier trained on {len(seen)} of the {len(train_images)} train digits; held-out accuracy "
-          f"{accuracy:.3f}; N = {args.num_images} against the {len(held_out_images)} held-out digits")
+          f"{classifier.held_out_accuracy:.3f}; N = {args.num_images} against the {len(held_out_images)} held-out digits")
     print_table(["images", "sets", "FD", "precision", "recall", "density", "coverage", "confident (p >= 0.9)"],
                 table)
 

@@ -82,6 +82,8 @@ def repaint_moments(num_train_timesteps: int, jump_length: int, jump_n_sample: i
     the last included (no sampler of this package does that: it separates RePaint's error from the
     noiseless last step's).
     """
+    # The tables are computed here from the betas, not taken from DiffusionChain: the test checks the pipeline
+    # (which steps through DiffusionChain) against this law, so the two must not share code.
     betas = toy_betas(num_train_timesteps)
     alphas = 1 - betas
     abar = torch.cumprod(alphas, 0)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Measure candidate settings of the `digits` preset: training time, final loss, and the evaluator's figures at N = 1,000.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.tune_digits_preset --candidates preset cosine --seeds 0 1 --jobs 2
+    OMP_NUM_THREADS=1 python -m benchmarks.tune_digits_preset --candidates preset linear2500 --seeds 0 1 --jobs 2
 
 Each candidate is a complete `training/train.py --preset digits` run (data, training, checkpoints,
 saving) in a subprocess, with the candidate's options added, once per training seed. Each trained
@@ -121,9 +121,9 @@ def real_row(figures: dict[str, Any], eval_steps: list[int | None]) -> dict[str,
     """The real train digits' figures (mean +- sd over the evaluator's draws), under every K's columns."""
     cells = {"name": "real train digits", "seed": f"{figures['draws']} draws"}
     for column, key in FIGURES:
-        for steps in eval_steps:
-            std = figures.get(f"{key}_std")  # the classifier's figures come from one draw, without a spread
-            cells[f"{column}{steps or ''}"] = f"{figures[key]:.4g}" + ("" if std is None else f" +- {std:.2g}")
+        std = figures.get(f"{key}_std")  # the classifier's figures come from one draw, without a spread
+        cell = f"{figures[key]:.4g}" + ("" if std is None else f" +- {std:.2g}")
+        cells.update({f"{column}{steps or ''}": cell for steps in eval_steps})
     return cells
 
 
