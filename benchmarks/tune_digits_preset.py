@@ -2,14 +2,16 @@
 """Measure candidate settings of the `digits` preset: training time, final loss, and the evaluator's figures at N = 1,000.
 
     OMP_NUM_THREADS=1 python -m benchmarks.tune_digits_preset --candidates preset linear2500 --seeds 0 1 --jobs 2
+    OMP_NUM_THREADS=1 python -m benchmarks.tune_digits_preset --candidates preset --seeds 0 1 2 --sample-seeds 0 1000 2000 --jobs 2
 
 Each candidate is a complete `training/train.py --preset digits` run (data, training, checkpoints,
 saving) in a subprocess, with the candidate's options added, once per training seed. Each trained
-pipeline is then scored by `ddpm-evaluate` on N = 1,000 samples (image i seeded i), sampled with the
-setting the pipeline saved (the preset's default: 100 DDPM steps) or with each `--eval-steps` K,
-against the 360 held-out digits. The table has one row per run, one mean +- sd row per candidate
-with several seeds, and a last row with the same figures for 1,000 real train digits (mean +- sd
-over 10 draws): the spread a model has to fall within.
+pipeline is then scored by `ddpm-evaluate` on N = 1,000 samples (image i seeded sample_seed + i), once
+per `--sample-seeds` value, sampled with the setting the pipeline saved (the preset's default: 100
+DDPM steps) or with each `--eval-steps` K, against the 360 held-out digits. The table has one row per
+draw (training seed, sampling seed), one mean +- sd row per candidate over all its draws, and a last
+row with the same figures for 1,000 real train digits (mean +- sd over 10 draws): the spread a model
+has to fall within.
 
 `train min` is the trainer's own `training_minutes` (the update loop, without start-up or the final
 grid). With `--jobs 2` two runs share the machine, one thread each: times are comparable between rows
@@ -45,6 +47,11 @@ def on_linear_2500(**changes: str) -> list[str]:
     return [item for pair in options.items() for item in pair]
 
 
+def on_preset(**changes: str) -> list[str]:
+    """The command-line options that change the current preset by ``changes`` (the second round's base)."""
+    return [item for name, value in changes.items() for item in (f"--{name}", value)]
+
+
 # name -> (options added to `--preset digits`, overrides of the digits UNet preset's config)
 CANDIDATES: dict[str, tuple[list[str], dict[str, Any]]] = {
     "preset": ([], {}),
@@ -60,12 +67,20 @@ CANDIDATES: dict[str, tuple[list[str], dict[str, Any]]] = {
     "cosine_betas_batch128": (on_linear_2500(beta_schedule="squaredcos_cap_v2", train_batch_size="128"), {}),
     "cosine_betas_steps3500": (on_linear_2500(beta_schedule="squaredcos_cap_v2", max_train_steps="3500"), {}),
     "wide48": (on_linear_2500(), {"block_out_channels": [48, 96, 96]}),
+    # the second round: the preset (cosine betas, 3,500 updates) with one change
+    "preset+v_prediction": (on_preset(prediction_type="v_prediction"), {}),
+    "preset+lr2e-3": (on_preset(learning_rate="2e-3"), {}),
+    # the EMA's averaging window at the last update, 1 / (1 - decay): about 1,000 updates (preset: 455)
+    # and about 230 (decay = 1 - (1 + step)^-power, capped at ema_max_decay)
+    "preset+ema_longer": (on_preset(ema_power="0.85", ema_max_decay="0.9995"), {}),
+    "preset+ema_shorter": (on_preset(ema_power="0.6667"), {}),
 }
 
 # the evaluator's figures in the table: (column, key of ddpm-evaluate's sample_quality.samples)
 FIGURES = (("fd", "frechet_distance"), ("kid", "kid"), ("precision", "precision"), ("recall", "recall"),
            ("density", "density"), ("confident", "confident_fraction"))
 NUM_SAMPLES = 1000
+LABEL_COLUMNS = ("name", "seed", "sample_seed")
 
 
 def unet_config_file(overrides: dict[str, Any], folder: Path) -> Path:
@@ -78,7 +93,8 @@ def unet_config_file(overrides: dict[str, Any], folder: Path) -> Path:
     return path
 
 
-def train_and_score(name: str, seed: int, eval_steps: list[int], keep: Path) -> dict[str, Any]:
+def train_and_score(name: str, seed: int, eval_steps: list[int], sample_seeds: list[int], keep: Path) -> list[dict[str, Any]]:
+    """Train candidate `name` with training seed `seed`, then score it once per sampling seed: one row each."""
     options, unet_overrides = CANDIDATES[name]
     output_dir = keep / f"{name.replace('/', '_')}-seed{seed}"
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -87,29 +103,35 @@ def train_and_score(name: str, seed: int, eval_steps: list[int], keep: Path) -> 
                *options]
     if unet_overrides:
         command += ["--model_config_name_or_path", str(unet_config_file(unet_overrides, output_dir))]
-    row: dict[str, Any] = {"name": name, "seed": seed}
+    run: dict[str, Any] = {"name": name, "seed": seed}
     started = time.time()
     result = subprocess.run(command, capture_output=True, text=True)
-    row["wall_s"] = round(time.time() - started, 1)
+    run["wall_s"] = round(time.time() - started, 1)
     if result.returncode:
         print(f"{name} seed {seed} failed:\n{result.stderr[-3000:]}", file=sys.stderr)
-        return {**row, "error": result.returncode}
+        return [{**run, "error": result.returncode}]
     metrics = json.loads((output_dir / "run" / "metrics.json").read_text())
-    row.update(train_min=metrics["training_minutes"], final_loss=metrics["final_loss"])
-    for steps in eval_steps or [None]:
-        report = output_dir / f"eval{steps or 'default'}.json"
-        evaluate = ["ddpm-evaluate", str(output_dir / "run"), "--num-samples", str(NUM_SAMPLES), "--nll-images", "0",
-                    "--no-progress", "--json", str(report)]
-        if steps is not None:
-            evaluate += ["--num-inference-steps", str(steps)]
-        result = subprocess.run(evaluate, capture_output=True, text=True)
-        if result.returncode:
-            print(f"{name} seed {seed} evaluation failed:\n{result.stderr[-3000:]}", file=sys.stderr)
-            return {**row, "error": result.returncode}
-        quality = json.loads(report.read_text())["sample_quality"]
-        row.update(figure_cells(quality["samples"], steps))
-        row["real"] = quality["reference"]  # the same for every run: real digits, the same draws
-    return row
+    run.update(train_min=metrics["training_minutes"], final_loss=metrics["final_loss"])
+    rows = []
+    for sample_seed in sample_seeds:
+        row = {**run, "sample_seed": sample_seed}
+        for steps in eval_steps or [None]:
+            # the first sampling seed keeps the file name of a one-draw run
+            report = output_dir / (f"eval{steps or 'default'}.json" if sample_seed == sample_seeds[0]
+                                   else f"eval{steps or 'default'}-sampleseed{sample_seed}.json")
+            evaluate = ["ddpm-evaluate", str(output_dir / "run"), "--num-samples", str(NUM_SAMPLES), "--nll-images",
+                        "0", "--seed", str(sample_seed), "--no-progress", "--json", str(report)]
+            if steps is not None:
+                evaluate += ["--num-inference-steps", str(steps)]
+            result = subprocess.run(evaluate, capture_output=True, text=True)
+            if result.returncode:
+                print(f"{name} seed {seed} evaluation failed:\n{result.stderr[-3000:]}", file=sys.stderr)
+                return rows + [{**row, "error": result.returncode}]
+            quality = json.loads(report.read_text())["sample_quality"]
+            row.update(figure_cells(quality["samples"], steps))
+            row["real"] = quality["reference"]  # the same for every run: real digits, the same draws
+        rows.append(row)
+    return rows
 
 
 def figure_cells(figures: dict[str, Any], steps: int | None) -> dict[str, float]:
@@ -128,9 +150,11 @@ def real_row(figures: dict[str, Any], eval_steps: list[int | None]) -> dict[str,
 
 
 def summary(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, str]:
-    """mean +- sd of each column over the rows of one candidate."""
-    cells = {"name": rows[0]["name"], "seed": "mean +- sd"}
-    for column in columns[2:]:
+    """mean +- sd of each column over the rows of one candidate: every (training seed, sampling seed) draw."""
+    cells = {"name": rows[0]["name"], "seed": "mean +- sd", "sample_seed": f"{len(rows)} draws"}
+    for column in columns:
+        if column in LABEL_COLUMNS:
+            continue
         values = [row[column] for row in rows if column in row]
         if len(values) > 1:
             cells[column] = f"{statistics.mean(values):.4g} +- {statistics.stdev(values):.2g}"
@@ -143,18 +167,23 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (--seed of the trainer)")
     parser.add_argument("--eval-steps", nargs="+", type=int, default=[],
                         help="sampling steps of the scoring (default: the setting the pipeline saved)")
+    parser.add_argument("--sample-seeds", nargs="+", type=int, default=[0],
+                        help="score each trained run once per sampling seed (ddpm-evaluate --seed: image i seeded "
+                             "seed + i); at N = 1,000 one draw's FD, KID and recall vary about as much as training "
+                             "seeds do (default: 0, one draw)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (give each one thread: OMP_NUM_THREADS=1)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs' folders here (default: a temp folder)")
     args = parser.parse_args()
     keep = args.keep or Path(tempfile.mkdtemp(prefix="tune-digits-"))
     eval_steps = args.eval_steps or [None]
-    columns = ["name", "seed", "wall_s", "train_min", "final_loss",
+    columns = [*LABEL_COLUMNS, "wall_s", "train_min", "final_loss",
                *[f"{column}{steps or ''}" for steps in eval_steps for column, _ in FIGURES]]
     print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()}, OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, jobs {args.jobs}, runs in {keep}")
     runs = [(name, seed) for name in args.candidates for seed in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda run: train_and_score(*run, args.eval_steps, keep), runs))
+        rows = [row for run_rows in pool.map(lambda run: train_and_score(*run, args.eval_steps, args.sample_seeds, keep),
+                                             runs) for row in run_rows]
     table = []
     for name in args.candidates:
         mine = [row for row in rows if row["name"] == name and "error" not in row]

@@ -20,6 +20,7 @@ from ddpm_from_scratch.digits.evaluation import evaluate_pipeline, sample_digits
 from ddpm_from_scratch.saving.folder import load_any_pipeline
 from ddpm_from_scratch.sampling.images import uint8_to_model_range
 from ddpm_from_scratch.bound.likelihood import nll_bits_per_dim
+from ddpm_from_scratch.editing import ScratchInpaintPipeline
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
 from ddpm_from_scratch.unet import ScratchUNet2DModel
@@ -108,15 +109,29 @@ def test_variance_type_override_changes_the_bound(saved_pipeline, tmp_path):
     assert results["saved"]["nll"]["bits_per_dim"] != results["fixed_large"]["nll"]["bits_per_dim"]
 
 
-def test_a_stock_diffusers_pipeline_folder_is_evaluated_too(tmp_path, capsys):
+def save_stock_pipeline(folder):
+    """A tiny diffusers DDPMPipeline (diffusers' own UNet2DModel), saved to ``folder``."""
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                        norm_num_groups=4)
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=T)).save_pretrained(tmp_path / "stock")
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=T)).save_pretrained(folder)
+
+
+def test_a_stock_diffusers_pipeline_folder_is_evaluated_too(tmp_path, capsys):
+    save_stock_pipeline(tmp_path / "stock")
     assert isinstance(load_any_pipeline(tmp_path / "stock"), DDPMPipeline)
     assert main([str(tmp_path / "stock"), "--num-samples", "0", "--nll-images", "3", "--no-progress"]) == 0
     assert "NLL bound on 3 held-out digits" in capsys.readouterr().out
+
+
+def test_a_stock_pipeline_takes_the_models_loading_keywords_and_refuses_others(saved_pipeline, tmp_path):
+    save_stock_pipeline(tmp_path / "stock")
+    assert load_any_pipeline(tmp_path / "stock", torch_dtype=torch.float64).unet.dtype == torch.float64
+    for folder in (tmp_path / "stock", saved_pipeline):  # the editing pipelines keep the dtype asked for
+        assert ScratchInpaintPipeline.from_pretrained(folder, torch_dtype=torch.float64).unet.dtype == torch.float64
+    with pytest.raises(ValueError, match=r"unexpected keyword arguments \['default_eta'\] for the diffusers pipeline"):
+        load_any_pipeline(tmp_path / "stock", default_eta=0.5)
 
 
 MISTAKES = {
@@ -176,11 +191,7 @@ def test_a_training_checkpoint_folder_is_evaluated_from_its_ema_weights(saved_pi
 
 
 def test_a_stock_folder_without_safetensors_is_reported_clearly(tmp_path, capsys):
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4)
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=T)).save_pretrained(tmp_path / "stock")
+    save_stock_pipeline(tmp_path / "stock")
     (tmp_path / "stock" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "stock"), "--num-samples", "0", "--nll-images", "2", "--no-progress"])

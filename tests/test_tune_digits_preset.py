@@ -6,6 +6,7 @@ The runs themselves are full trainings (minutes each), measured by the script, n
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,34 @@ def test_candidates_are_the_tuning_base_with_one_named_change_and_the_winner_is_
     winner = parse_options(["--output_dir", "x", *tune.CANDIDATES["cosine_betas_steps3500"][0]])
     preset = parse_options(["--output_dir", "x"])
     assert (winner.beta_schedule, winner.max_train_steps) == (preset.beta_schedule, preset.max_train_steps)
+
+
+def test_each_trained_run_is_scored_once_per_sampling_seed_with_that_seed(tmp_path, monkeypatch):
+    """The subprocesses are stood in for: training writes metrics.json, each evaluation its report."""
+    import json
+    import subprocess
+
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        if command[0] == "ddpm-evaluate":
+            seed = int(command[command.index("--seed") + 1])
+            figures = {key: float(seed) for _, key in tune.FIGURES}
+            report = {"sample_quality": {"samples": figures, "reference": {"draws": 10}}}
+            Path(command[command.index("--json") + 1]).write_text(json.dumps(report))
+        else:
+            run = Path(command[command.index("--output_dir") + 1])
+            run.mkdir(parents=True)
+            (run / "metrics.json").write_text(json.dumps({"training_minutes": 4.0, "final_loss": 0.13}))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(tune.subprocess, "run", fake_run)
+    rows = tune.train_and_score("preset", 2, [], [0, 1000], tmp_path)
+    assert len(calls) == 3 and "--seed" in calls[0] and calls[0][calls[0].index("--seed") + 1] == "2"
+    assert [(row["seed"], row["sample_seed"], row["fd"], row["train_min"]) for row in rows] == [
+        (2, 0, 0.0, 4.0), (2, 1000, 1000.0, 4.0)]
+    assert sorted(path.name for path in (tmp_path / "preset-seed2").glob("*.json")) == [
+        "evaldefault-sampleseed1000.json", "evaldefault.json"]
+    cells = tune.summary(rows, ["name", "seed", "sample_seed", "fd"])
+    assert cells["sample_seed"] == "2 draws" and cells["fd"] == f"500 +- {statistics.stdev([0, 1000]):.2g}"

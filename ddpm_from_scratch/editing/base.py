@@ -68,7 +68,9 @@ class EditingPipeline(ScratchDDPMPipeline):
         from ..saving.folder import load_any_pipeline
 
         components = {name: kwargs.pop(name) for name in ("unet", "scheduler") if name in kwargs}
-        return cls.from_pipe(load_any_pipeline(pretrained_model_name_or_path, **kwargs), **components)
+        pipeline = load_any_pipeline(pretrained_model_name_or_path, **kwargs)
+        # from_pipe casts to its torch_dtype, float32 when none is given: keep the one the loader gave
+        return cls.from_pipe(pipeline, torch_dtype=pipeline.dtype, **components)
 
     def sampling_pipeline(self) -> ScratchDDPMPipeline:
         """The plain sampling pipeline over the same components (no weights copied) and default sampling setting."""

@@ -374,18 +374,27 @@ def load_pipeline(pipeline_cls: type, pretrained_model_name_or_path: str | os.Pa
     return pipeline
 
 
-def load_any_pipeline(path: str | os.PathLike, **hub_kwargs: Any) -> Any:
+def load_any_pipeline(path: str | os.PathLike, **kwargs: Any) -> Any:
     """The pipeline at ``path``, for the commands: a ScratchDDPMPipeline folder, training checkpoint or
-    Hub repo id (`load_pipeline`), or a stock diffusers pipeline such as ``DDPMPipeline`` (diffusers' own
-    ``DiffusionPipeline.from_pretrained``, safetensors only, no remote code, weights verified first)."""
+    Hub repo id (`load_pipeline`, which takes every keyword of ``ScratchDDPMPipeline.from_pretrained``), or
+    a stock diffusers pipeline such as ``DDPMPipeline`` (diffusers' own ``DiffusionPipeline.from_pretrained``,
+    safetensors only, no remote code, weights verified first), which takes the download's keywords
+    (`_HUB_KEYS`) and the models' (`MODEL_LOADING_KEYS`: ``torch_dtype``, ...), trust_remote_code ignored;
+    any other is a ValueError."""
     from diffusers import DiffusionPipeline
 
     from ..pipeline import ScratchDDPMPipeline
 
-    folder = resolve_pretrained_folder(path, **hub_kwargs)
+    folder = resolve_pretrained_folder(path, **{key: kwargs[key] for key in _HUB_KEYS if key in kwargs})
     index_file = folder / MODEL_INDEX_NAME
     if index_file.is_file() and declared_class_name(read_json(index_file, "pipeline index")) != "ScratchDDPMPipeline":
+        kwargs.pop("trust_remote_code", None)  # as in load_pipeline: no code from the folder runs
+        unknown = sorted(set(kwargs) - {*_HUB_KEYS, *MODEL_LOADING_KEYS})
+        if unknown:
+            raise ValueError(f"unexpected keyword arguments {unknown} for the diffusers pipeline {os.fspath(path)!r}; "
+                             f"allowed: {sorted([*_HUB_KEYS, *MODEL_LOADING_KEYS])}")
         for component_dir in sorted(p.parent for p in folder.glob(f"*/{ModelMixin.config_name}")):
             verify_files(folder, safetensors_weights_files(component_dir, None))
-        return DiffusionPipeline.from_pretrained(folder, use_safetensors=True)
-    return load_pipeline(ScratchDDPMPipeline, path, **hub_kwargs)
+        model_kwargs = {key: kwargs[key] for key in MODEL_LOADING_KEYS if key in kwargs}
+        return DiffusionPipeline.from_pretrained(folder, use_safetensors=True, **model_kwargs)
+    return load_pipeline(ScratchDDPMPipeline, path, **kwargs)
