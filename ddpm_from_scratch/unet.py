@@ -491,10 +491,18 @@ class ScratchUNet2DModel(ModelMixin, ConfigMixin):
 
         The keywords are spelled out: a pipeline's save passes only those its components' signatures name.
         """
-        super().save_pretrained(save_directory, is_main_process=is_main_process, safe_serialization=safe_serialization,
-                                variant=variant, max_shard_size=max_shard_size, **kwargs)
+        # a str: diffusers' push_to_hub branch splits the path as a string, even when repo_id is given
+        super().save_pretrained(os.fspath(save_directory), is_main_process=is_main_process,
+                                safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size,
+                                **kwargs)
         if is_main_process:
             write_weights_manifest(Path(save_directory))
+
+    def _upload_folder(self, working_dir: str | os.PathLike, repo_id: str, **kwargs: Any) -> Any:
+        """diffusers' upload of a saved folder, with the weights' ``manifest.json`` written first:
+        ``save_pretrained(push_to_hub=True)`` uploads from inside diffusers' save, before the line above."""
+        write_weights_manifest(Path(working_dir))
+        return super()._upload_folder(working_dir, repo_id, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, **kwargs: Any) -> Any:

@@ -190,6 +190,18 @@ def test_save_pretrained_can_push_and_a_default_card_says_what_is_unknown(hub, t
     assert (tmp_path / "local" / "README.md").is_file()
 
 
+def test_a_unet_pushed_by_its_own_save_pretrained_carries_its_manifest(hub, tmp_path, monkeypatch):
+    # diffusers' ModelMixin push takes no endpoint: it uses huggingface_hub's module-level client
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", hub.endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.endpoint)
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")  # the model card's download
+    tiny_scratch_unet().save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="unet-only", token=TOKEN)
+    pushed = hub.files["test-user/unet-only"]
+    assert {"config.json", "diffusion_pytorch_model.safetensors", "manifest.json"} <= set(pushed)
+    assert pushed["manifest.json"] == (tmp_path / "local" / "manifest.json").read_bytes()
+
+
 def test_redact_secrets_is_recursive_and_keeps_everything_else():
     config = {"lr": 1e-3, "HF_TOKEN": "x", "nested": [{"api_key": "y", "steps": 5}], "password": "z"}
     assert redact_secrets(config) == {
