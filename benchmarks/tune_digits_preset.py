@@ -36,20 +36,19 @@ from benchmarks.common import print_table
 
 TRAIN = Path(__file__).resolve().parents[1] / "training" / "train.py"
 
-# The base of the tuning round: the digits preset before it (linear betas, 2,500 updates). Every candidate
-# but "preset" is this base with the named change.
-LINEAR_2500 = {"--beta_schedule": "linear", "--max_train_steps": "2500"}
+def on_preset(**changes: str) -> list[str]:
+    """The command-line options that change the current preset by ``changes`` (option names without the dashes)."""
+    return [item for name, value in changes.items() for item in (f"--{name}", value)]
+
+
+# The base of the first tuning round: the digits preset before it (linear betas, 2,500 updates). Its
+# candidates are this base with the named change; the second round's are the current preset with one.
+LINEAR_2500 = {"beta_schedule": "linear", "max_train_steps": "2500"}
 
 
 def on_linear_2500(**changes: str) -> list[str]:
-    """The command-line options of LINEAR_2500 with ``changes`` (option names without the dashes)."""
-    options = {**LINEAR_2500, **{f"--{name}": value for name, value in changes.items()}}
-    return [item for pair in options.items() for item in pair]
-
-
-def on_preset(**changes: str) -> list[str]:
-    """The command-line options that change the current preset by ``changes`` (the second round's base)."""
-    return [item for name, value in changes.items() for item in (f"--{name}", value)]
+    """The command-line options of LINEAR_2500 with ``changes``."""
+    return on_preset(**{**LINEAR_2500, **changes})
 
 
 # name -> (options added to `--preset digits`, overrides of the digits UNet preset's config)
@@ -116,9 +115,8 @@ def train_and_score(name: str, seed: int, eval_steps: list[int], sample_seeds: l
     for sample_seed in sample_seeds:
         row = {**run, "sample_seed": sample_seed}
         for steps in eval_steps or [None]:
-            # the first sampling seed keeps the file name of a one-draw run
-            report = output_dir / (f"eval{steps or 'default'}.json" if sample_seed == sample_seeds[0]
-                                   else f"eval{steps or 'default'}-sampleseed{sample_seed}.json")
+            # sampling seed 0 keeps the file name of a one-draw run
+            report = output_dir / f"eval{steps or 'default'}{f'-sampleseed{sample_seed}' if sample_seed else ''}.json"
             evaluate = ["ddpm-evaluate", str(output_dir / "run"), "--num-samples", str(NUM_SAMPLES), "--nll-images",
                         "0", "--seed", str(sample_seed), "--no-progress", "--json", str(report)]
             if steps is not None:
