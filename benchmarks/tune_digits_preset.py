@@ -1,17 +1,23 @@
 #!/usr/bin/env python
-"""Measure candidate settings of the `digits` preset: training time, final loss, and the evaluator's figures at N = 1,000.
+"""Measure candidate settings of the `digits` preset: training time, final loss, and the evaluator's figures.
 
     OMP_NUM_THREADS=1 python -m benchmarks.tune_digits_preset --candidates preset linear2500 --seeds 0 1 --jobs 2
     OMP_NUM_THREADS=1 python -m benchmarks.tune_digits_preset --candidates preset --seeds 0 1 2 --sample-seeds 0 1000 2000 --jobs 2
+    OMP_NUM_THREADS=1 python -m benchmarks.tune_digits_preset --candidates preset preset+cosine_lr --seeds 0 1 2 --num-samples 5000 --jobs 2 --keep runs
 
 Each candidate is a complete `training/train.py --preset digits` run (data, training, checkpoints,
 saving) in a subprocess, with the candidate's options added, once per training seed. Each trained
-pipeline is then scored by `ddpm-evaluate` on N = 1,000 samples (image i seeded sample_seed + i), once
-per `--sample-seeds` value, sampled with the setting the pipeline saved (the preset's default: 100
-DDPM steps) or with each `--eval-steps` K, against the 360 held-out digits. The table has one row per
-draw (training seed, sampling seed), one mean +- sd row per candidate over all its draws, and a last
-row with the same figures for 1,000 real train digits (mean +- sd over 10 draws): the spread a model
-has to fall within.
+pipeline is then scored by `ddpm-evaluate` on N = 1,000 samples (`--num-samples`; image i seeded
+sample_seed + i), once per `--sample-seeds` value, sampled with the setting the pipeline saved (the
+preset's default: 100 DDPM steps) or with each `--eval-steps` K, against the 360 held-out digits.
+The table has one row per draw (training seed, sampling seed), one mean +- sd row per candidate over
+all its draws, and a last row with the same figures for 1,000 real train digits (mean +- sd over 10
+draws): the spread a model has to fall within.
+
+With `--keep`, a run already finished there is scored again without retraining (the same seed gives
+the same weights), so a kept set of runs can be re-scored at another N or with other sampling seeds.
+`--num-samples` above 1,437 scores more samples than there are real train digits: the real row is then
+all of them, and candidates are compared with each other at equal N.
 
 `train min` is the trainer's own `training_minutes` (the update loop, without start-up or the final
 grid). With `--jobs 2` two runs share the machine, one thread each: times are comparable between rows
@@ -73,6 +79,13 @@ CANDIDATES: dict[str, tuple[list[str], dict[str, Any]]] = {
     # and about 230 (decay = 1 - (1 + step)^-power, capped at ema_max_decay)
     "preset+ema_longer": (on_preset(ema_power="0.85", ema_max_decay="0.9995"), {}),
     "preset+ema_shorter": (on_preset(ema_power="0.6667"), {}),
+    # the third round, scored at N = 5,000 (one draw's spread at 1,000 hides differences of this size)
+    "preset+cosine_lr": (on_preset(lr_scheduler="cosine"), {}),
+    "preset+snr5": (on_preset(snr_gamma="5"), {}),
+    "preset+adam_beta2_0.99": (on_preset(adam_beta2="0.99"), {}),
+    "preset+attention4": (on_preset(), {"attention_resolutions": [4, 2]}),
+    # twice the updates, over the time budget: how far more training alone goes
+    "preset+steps7000": (on_preset(max_train_steps="7000"), {}),
 }
 
 # the evaluator's figures in the table: (column, key of ddpm-evaluate's sample_quality.samples)
@@ -92,8 +105,13 @@ def unet_config_file(overrides: dict[str, Any], folder: Path) -> Path:
     return path
 
 
-def train_and_score(name: str, seed: int, eval_steps: list[int], sample_seeds: list[int], keep: Path) -> list[dict[str, Any]]:
-    """Train candidate `name` with training seed `seed`, then score it once per sampling seed: one row each."""
+def train_and_score(name: str, seed: int, eval_steps: list[int], sample_seeds: list[int], keep: Path,
+                    num_samples: int = NUM_SAMPLES) -> list[dict[str, Any]]:
+    """Train candidate `name` with training seed `seed`, then score it once per sampling seed: one row each.
+
+    A run already finished in `keep` (its metrics.json written) is scored again without retraining: the
+    trainer is deterministic for a seed, so retraining would give the same weights.
+    """
     options, unet_overrides = CANDIDATES[name]
     output_dir = keep / f"{name.replace('/', '_')}-seed{seed}"
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -103,21 +121,24 @@ def train_and_score(name: str, seed: int, eval_steps: list[int], sample_seeds: l
     if unet_overrides:
         command += ["--model_config_name_or_path", str(unet_config_file(unet_overrides, output_dir))]
     run: dict[str, Any] = {"name": name, "seed": seed}
-    started = time.time()
-    result = subprocess.run(command, capture_output=True, text=True)
-    run["wall_s"] = round(time.time() - started, 1)
-    if result.returncode:
-        print(f"{name} seed {seed} failed:\n{result.stderr[-3000:]}", file=sys.stderr)
-        return [{**run, "error": result.returncode}]
+    if not (output_dir / "run" / "metrics.json").is_file():
+        started = time.time()
+        result = subprocess.run(command, capture_output=True, text=True)
+        run["wall_s"] = round(time.time() - started, 1)
+        if result.returncode:
+            print(f"{name} seed {seed} failed:\n{result.stderr[-3000:]}", file=sys.stderr)
+            return [{**run, "error": result.returncode}]
     metrics = json.loads((output_dir / "run" / "metrics.json").read_text())
     run.update(train_min=metrics["training_minutes"], final_loss=metrics["final_loss"])
     rows = []
     for sample_seed in sample_seeds:
         row = {**run, "sample_seed": sample_seed}
         for steps in eval_steps or [None]:
-            # sampling seed 0 keeps the file name of a one-draw run
-            report = output_dir / f"eval{steps or 'default'}{f'-sampleseed{sample_seed}' if sample_seed else ''}.json"
-            evaluate = ["ddpm-evaluate", str(output_dir / "run"), "--num-samples", str(NUM_SAMPLES), "--nll-images",
+            # sampling seed 0 at N = 1,000 keeps the file name of a one-draw run
+            suffix = (f"-n{num_samples}" if num_samples != NUM_SAMPLES else "") + (
+                f"-sampleseed{sample_seed}" if sample_seed else "")
+            report = output_dir / f"eval{steps or 'default'}{suffix}.json"
+            evaluate = ["ddpm-evaluate", str(output_dir / "run"), "--num-samples", str(num_samples), "--nll-images",
                         "0", "--seed", str(sample_seed), "--no-progress", "--json", str(report)]
             if steps is not None:
                 evaluate += ["--num-inference-steps", str(steps)]
@@ -169,6 +190,9 @@ def main() -> None:
                         help="score each trained run once per sampling seed (ddpm-evaluate --seed: image i seeded "
                              "seed + i); at N = 1,000 one draw's FD, KID and recall vary about as much as training "
                              "seeds do (default: 0, one draw)")
+    parser.add_argument("--num-samples", type=int, default=NUM_SAMPLES,
+                        help="samples per draw (default 1,000); above 1,437 the real row is all the train digits, "
+                             "so compare candidates with each other at equal N, not with that row")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (give each one thread: OMP_NUM_THREADS=1)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs' folders here (default: a temp folder)")
     args = parser.parse_args()
@@ -179,9 +203,12 @@ def main() -> None:
     print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()}, OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, jobs {args.jobs}, runs in {keep}")
     runs = [(name, seed) for name in args.candidates for seed in args.seeds]
+
+    def one_run(run: tuple[str, int]) -> list[dict[str, Any]]:
+        return train_and_score(*run, args.eval_steps, args.sample_seeds, keep, args.num_samples)
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = [row for run_rows in pool.map(lambda run: train_and_score(*run, args.eval_steps, args.sample_seeds, keep),
-                                             runs) for row in run_rows]
+        rows = [row for run_rows in pool.map(one_run, runs) for row in run_rows]
     table = []
     for name in args.candidates:
         mine = [row for row in rows if row["name"] == name and "error" not in row]

@@ -83,3 +83,27 @@ def test_each_trained_run_is_scored_once_per_sampling_seed_with_that_seed(tmp_pa
         "evaldefault-sampleseed1000.json", "evaldefault.json"]
     cells = tune.summary(rows, ["name", "seed", "sample_seed", "fd"])
     assert cells["sample_seed"] == "2 draws" and cells["fd"] == f"500 +- {statistics.stdev([0, 1000]):.2g}"
+
+
+def test_a_finished_run_is_scored_again_without_training_at_the_asked_n(tmp_path, monkeypatch):
+    import json
+    import subprocess
+
+    run = tmp_path / "preset-seed0" / "run"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"training_minutes": 4.0, "final_loss": 0.13}))
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        assert command[0] == "ddpm-evaluate", "a finished run was trained again"
+        report = {"sample_quality": {"samples": {key: 1.0 for _, key in tune.FIGURES}, "reference": {"draws": 1}}}
+        Path(command[command.index("--json") + 1]).write_text(json.dumps(report))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(tune.subprocess, "run", fake_run)
+    rows = tune.train_and_score("preset", 0, [], [0, 1000], tmp_path, num_samples=5000)
+    assert [command[command.index("--num-samples") + 1] for command in calls] == ["5000", "5000"]
+    assert [(row["sample_seed"], row["train_min"]) for row in rows] == [(0, 4.0), (1000, 4.0)]
+    assert sorted(path.name for path in run.parent.glob("*.json")) == [
+        "evaldefault-n5000-sampleseed1000.json", "evaldefault-n5000.json"]
