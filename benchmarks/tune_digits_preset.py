@@ -86,6 +86,8 @@ CANDIDATES: dict[str, tuple[list[str], dict[str, Any]]] = {
     "preset+attention4": (on_preset(), {"attention_resolutions": [4, 2]}),
     # twice the updates, over the time budget: how far more training alone goes
     "preset+steps7000": (on_preset(max_train_steps="7000"), {}),
+    # dropout against the drift toward the training digits that steps7000 shows
+    "preset+dropout0.1": (on_preset(dropout="0.1"), {}),
 }
 
 # the evaluator's figures in the table: (column, key of ddpm-evaluate's sample_quality.samples)
