@@ -114,23 +114,24 @@ def train_and_score(name: str, seed: int, eval_steps: list[int], sample_seeds: l
     A run already finished in `keep` (its metrics.json written) is scored again without retraining: the
     trainer is deterministic for a seed, so retraining would give the same weights.
     """
-    options, unet_overrides = CANDIDATES[name]
     output_dir = keep / f"{name.replace('/', '_')}-seed{seed}"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(TRAIN), "--preset", "digits", "--output_dir", str(output_dir / "run"),
-               "--report_to", "none", "--overwrite_output_dir", "--seed", str(seed), "--num_grid_images", "4",
-               *options]
-    if unet_overrides:
-        command += ["--model_config_name_or_path", str(unet_config_file(unet_overrides, output_dir))]
+    metrics_file = output_dir / "run" / "metrics.json"
     run: dict[str, Any] = {"name": name, "seed": seed}
-    if not (output_dir / "run" / "metrics.json").is_file():
+    if not metrics_file.is_file():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        options, unet_overrides = CANDIDATES[name]
+        command = [sys.executable, str(TRAIN), "--preset", "digits", "--output_dir", str(output_dir / "run"),
+                   "--report_to", "none", "--overwrite_output_dir", "--seed", str(seed), "--num_grid_images", "4",
+                   *options]
+        if unet_overrides:
+            command += ["--model_config_name_or_path", str(unet_config_file(unet_overrides, output_dir))]
         started = time.time()
         result = subprocess.run(command, capture_output=True, text=True)
         run["wall_s"] = round(time.time() - started, 1)
         if result.returncode:
             print(f"{name} seed {seed} failed:\n{result.stderr[-3000:]}", file=sys.stderr)
             return [{**run, "error": result.returncode}]
-    metrics = json.loads((output_dir / "run" / "metrics.json").read_text())
+    metrics = json.loads(metrics_file.read_text())
     run.update(train_min=metrics["training_minutes"], final_loss=metrics["final_loss"])
     rows = []
     for sample_seed in sample_seeds:

@@ -5,7 +5,9 @@ The runs themselves are full trainings (minutes each), measured by the script, n
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -54,20 +56,20 @@ def test_candidates_are_the_tuning_base_with_one_named_change_and_the_winner_is_
     assert (winner.beta_schedule, winner.max_train_steps) == (preset.beta_schedule, preset.max_train_steps)
 
 
+def write_stand_in_report(command: list[str], value: float) -> None:
+    """What `ddpm-evaluate ... --json PATH` writes, every figure equal to ``value``."""
+    report = {"sample_quality": {"samples": {key: value for _, key in tune.FIGURES}, "reference": {"draws": 10}}}
+    Path(command[command.index("--json") + 1]).write_text(json.dumps(report))
+
+
 def test_each_trained_run_is_scored_once_per_sampling_seed_with_that_seed(tmp_path, monkeypatch):
     """The subprocesses are stood in for: training writes metrics.json, each evaluation its report."""
-    import json
-    import subprocess
-
     calls = []
 
     def fake_run(command, **kwargs):
         calls.append(command)
         if command[0] == "ddpm-evaluate":
-            seed = int(command[command.index("--seed") + 1])
-            figures = {key: float(seed) for _, key in tune.FIGURES}
-            report = {"sample_quality": {"samples": figures, "reference": {"draws": 10}}}
-            Path(command[command.index("--json") + 1]).write_text(json.dumps(report))
+            write_stand_in_report(command, float(command[command.index("--seed") + 1]))
         else:
             run = Path(command[command.index("--output_dir") + 1])
             run.mkdir(parents=True)
@@ -86,9 +88,6 @@ def test_each_trained_run_is_scored_once_per_sampling_seed_with_that_seed(tmp_pa
 
 
 def test_a_finished_run_is_scored_again_without_training_at_the_asked_n(tmp_path, monkeypatch):
-    import json
-    import subprocess
-
     run = tmp_path / "preset-seed0" / "run"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text(json.dumps({"training_minutes": 4.0, "final_loss": 0.13}))
@@ -97,8 +96,7 @@ def test_a_finished_run_is_scored_again_without_training_at_the_asked_n(tmp_path
     def fake_run(command, **kwargs):
         calls.append(command)
         assert command[0] == "ddpm-evaluate", "a finished run was trained again"
-        report = {"sample_quality": {"samples": {key: 1.0 for _, key in tune.FIGURES}, "reference": {"draws": 1}}}
-        Path(command[command.index("--json") + 1]).write_text(json.dumps(report))
+        write_stand_in_report(command, 1.0)
         return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.setattr(tune.subprocess, "run", fake_run)
