@@ -19,7 +19,7 @@ Each row has
   (``likelihood.nll_bits_per_dim(..., num_inference_steps=K)``); "-" for the rows with no bound: sigma = 0
   has no density (``ddim``, ``diffusers_ddim``), and ``ddim_analytic`` while the bound takes no eta;
 * the digits evaluator's figures of ``--num-images`` samples (``digits.quality.SampleQualityEvaluator``),
-  image i drawn from a generator seeded seed + i (``seeded_sampling``): every row uses the same seeds;
+  image i drawn from a generator seeded seed + i (``sampling.seeded``): every row uses the same seeds;
 * the time those samples took, scaled to 1,000 images (wall and CPU seconds of this process);
 * "within noise": whether the row's Frechet distance is within one standard deviation of the FD of
   real-digit subsets of the same N (``reference_frechet_distance``) from the FD of 1000-step

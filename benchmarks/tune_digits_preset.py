@@ -88,6 +88,9 @@ CANDIDATES: dict[str, tuple[list[str], dict[str, Any]]] = {
     "preset+steps7000": (on_preset(max_train_steps="7000"), {}),
     # dropout against the drift toward the training digits that steps7000 shows
     "preset+dropout0.1": (on_preset(dropout="0.1"), {}),
+    # the fourth round: capacity at the same updates (more time per update)
+    "preset+wide48": (on_preset(), {"block_out_channels": [48, 96, 96]}),
+    "preset+layers2": (on_preset(), {"layers_per_block": 2}),
 }
 
 # the evaluator's figures in the table: (column, key of ddpm-evaluate's sample_quality.samples)

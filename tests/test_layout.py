@@ -4,6 +4,8 @@ pipeline ships, and every other module lives in a subpackage named by its job.""
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 from pathlib import Path
 
 from diffusers.utils.dynamic_modules_utils import get_relative_import_files
@@ -65,3 +67,40 @@ def test_no_importable_top_level_training_package(tmp_path):
 
     probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('training') is not None)"
     assert subprocess.run([sys.executable, "-c", probe], cwd=tmp_path).returncode == 0
+
+
+REPOSITORY = PACKAGE.parent
+# where a user or a reader meets dotted names of the package: the docs, and the code's docstrings
+DOTTED_NAME_SOURCES = ("README.md", "docs/*.md", "ddpm_from_scratch/**/*.py", "benchmarks/*.py", "training/*.py")
+DOTTED_NAME = re.compile(r"\bddpm_from_scratch(?:\.[A-Za-z_]\w*)+")
+FROM_IMPORT = re.compile(r"^\s*from (ddpm_from_scratch(?:\.\w+)*) import \(?([\w, ]+)", re.MULTILINE)
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``dotted`` names a module of the package or an attribute of its longest importable prefix."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(target, name):
+                return False
+            target = getattr(target, name)
+        return True
+    return False
+
+
+def test_every_dotted_name_in_docs_and_docstrings_resolves():
+    """A name a reader copies (``from ddpm_from_scratch.saving.convert_unet import ...``) exists: module
+    moves leave no stale paths behind in the docs or the docstrings."""
+    stale = []
+    for pattern in DOTTED_NAME_SOURCES:
+        for path in sorted(REPOSITORY.glob(pattern)):
+            text = path.read_text(encoding="utf-8")
+            names = set(DOTTED_NAME.findall(text))
+            names |= {f"{module}.{name.strip()}" for module, names_ in FROM_IMPORT.findall(text)
+                      for name in names_.split(",") if name.strip()}
+            stale += [f"{path.relative_to(REPOSITORY)}: {name}" for name in sorted(names) if not resolves(name)]
+    assert not stale, "names that do not resolve:\n" + "\n".join(stale)

@@ -10,7 +10,7 @@ PATH is a folder written by ``save_pretrained``, a training checkpoint folder (c
 EMA weights if it has them, else the raw ones) or a Hub repo id. Without ``--num-inference-steps`` a
 pipeline samples with the default setting it records (steps and eta), if any, else with all T
 steps (``ScratchDDPMPipeline.sampling_setting``). Images come from
-``seeded_sampling.sample_with_image_seeds``: image i is drawn with its own generator seeded
+``sampling.seeded.sample_with_image_seeds``: image i is drawn with its own generator seeded
 ``seed + i``, so a grid does not depend on ``--batch-size`` (or the device the noise is drawn on:
 generators live on the CPU), and it holds the images ``ddpm-evaluate`` and the trainer's grids draw
 for the same seed. One progress bar counts all images (images/s in its postfix; ``--no-progress``

@@ -5,7 +5,7 @@
 * the sample-quality figures (:mod:`.quality`) of generated digits beside the same figures for
   real held-out digits, with the number of samples and sampling steps.
 
-Samples come from ``seeded_sampling.sample_with_image_seeds`` (sample i from a generator seeded
+Samples come from ``sampling.seeded.sample_with_image_seeds`` (sample i from a generator seeded
 ``seed + i``: the images ``ddpm-sample`` and the trainer's grids give for the same seed), the bound's
 x_t draws from one generator seeded ``seed``: the figures do not depend on the batch size. Without a
 step count, the samples use the pipeline's recorded default setting (steps and eta), if any, else

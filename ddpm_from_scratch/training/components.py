@@ -54,7 +54,7 @@ def sample_images(
     show_progress: bool = True,
 ) -> list[PIL.Image.Image]:
     """`num_images` samples, image i drawn from its own generator seeded seed + i
-    (seeded_sampling.sample_with_image_seeds), so the grid holds the images ``ddpm-sample`` and
+    (sampling.seeded.sample_with_image_seeds), so the grid holds the images ``ddpm-sample`` and
     ``ddpm-evaluate`` give for the saved model with the same seed and steps, however they batch.
 
     Class-conditional models get the labels 0, 1, ..., num_classes - 1 repeated. The progress bar counts
