@@ -16,9 +16,9 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from ddpm_from_scratch.cli.evaluate import main
 from ddpm_from_scratch.digits.data import held_out_digits
-from ddpm_from_scratch.digits.evaluation import evaluate_pipeline, sample_digits
+from ddpm_from_scratch.digits.evaluation import SampleLabels, evaluate_pipeline, sample_digits
 from ddpm_from_scratch.saving.folder import load_any_pipeline
-from ddpm_from_scratch.sampling.images import uint8_to_model_range
+from ddpm_from_scratch.sampling.images import uint8_to_model_range, unit_range_to_uint8
 from ddpm_from_scratch.bound.likelihood import nll_bits_per_dim
 from ddpm_from_scratch.editing import ScratchInpaintPipeline
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
@@ -145,6 +145,13 @@ MISTAKES = {
     "unknown device": (lambda saved, tmp: [str(saved), "--device", "gpu"], "--device 'gpu' is not a torch device"),
     "too many steps": (lambda saved, tmp: [str(saved), "--num-inference-steps", "11"], "num_inference_steps=11"),
     "rgb model": (lambda saved, tmp: [str(_rgb_pipeline(tmp))], "1x8x8 digits"),
+    "labels of an unconditional model": (lambda saved, tmp: [str(saved), "--class-labels", "balanced"],
+                                         "class_labels='balanced' needs a class-conditional UNet"),
+    "guidance without labels": (lambda saved, tmp: [str(saved), "--guidance-scale", "2"],
+                                "guidance_scale needs class_labels='balanced'"),
+    "negative guidance": (lambda saved, tmp: [str(saved), "--class-labels", "balanced", "--guidance-scale", "-1"],
+                          "guidance_scale must be a finite number >= 0, got -1.0"),
+    "unknown labels": (lambda saved, tmp: [str(saved), "--class-labels", "all"], "invalid choice: 'all'"),
 }
 
 
@@ -216,3 +223,44 @@ def test_evaluate_pipeline_refuses_bad_values(saved_pipeline):
     rgb = ScratchDDPMPipeline(unet=rgb_unet, scheduler=ScratchDDPMScheduler(num_train_timesteps=T))
     with pytest.raises(ValueError, match="1x8x8 digits"):
         evaluate_pipeline(rgb, nll_images=2, num_samples=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def conditional_pipeline(tmp_path_factory):
+    """A class-conditional pipeline (3 classes and the null class) with T = 10, saved with its code."""
+    folder = tmp_path_factory.mktemp("conditional") / "tiny-digits-3-classes"
+    torch.manual_seed(0)
+    unet = ScratchUNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                              layers_per_block=1, attention_resolutions=(), dropout=0.0, norm_num_groups=4,
+                              num_class_embeds=3)
+    perturb_(unet, 0.1).eval()
+    ScratchDDPMPipeline(unet=unet, scheduler=ScratchDDPMScheduler(num_train_timesteps=T)).save_pretrained(folder)
+    return folder
+
+
+def test_balanced_labels_give_image_i_the_class_i_mod_k(conditional_pipeline):
+    """Image i of a balanced draw is what the pipeline gives for class i mod 3 with image i's generator,
+    guided as asked; the default (null) labels give other images."""
+    pipeline = ScratchDDPMPipeline.from_pretrained(conditional_pipeline)
+    pipeline.set_progress_bar_config(disable=True)
+    balanced = sample_digits(pipeline, 5, num_inference_steps=3, batch_size=2, seed=4,
+                             labels=SampleLabels("balanced", guidance_scale=2.0))
+    for i in range(5):
+        one = pipeline(batch_size=1, generator=[torch.Generator().manual_seed(4 + i)], num_inference_steps=3,
+                       class_labels=[i % 3], guidance_scale=2.0, output_type="np").images
+        np.testing.assert_array_equal(balanced[i], unit_range_to_uint8(one[0, ..., 0]))
+    null = sample_digits(pipeline, 5, num_inference_steps=3, batch_size=2, seed=4)
+    assert not np.array_equal(balanced, null)
+
+
+def test_command_records_the_labels_in_the_table_and_the_json(conditional_pipeline, cache_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main([str(conditional_pipeline), "--num-samples", "6", "--nll-images", "2", "--class-labels", "balanced",
+                 "--guidance-scale", "1.5", "--json", str(out), "--no-progress",
+                 "--classifier-cache-dir", str(cache_dir)]) == 0
+    assert "balanced class labels, guidance 1.5" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["class_labels"] == "balanced" and data["guidance_scale"] == 1.5
+    assert main([str(conditional_pipeline), "--num-samples", "0", "--nll-images", "2", "--json", str(out),
+                 "--no-progress"]) == 0
+    assert json.loads(out.read_text())["class_labels"] is None  # no samples, no labels

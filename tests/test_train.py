@@ -657,8 +657,8 @@ def test_final_grid_holds_the_images_sample_with_image_seeds_gives_for_the_saved
 
     from ddpm_from_scratch.sampling.images import to_pil_images
     from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
-    from ddpm_from_scratch.sampling.seeded import sample_with_image_seeds
-    from ddpm_from_scratch.training.components import grid_class_labels, grid_of
+    from ddpm_from_scratch.sampling.seeded import class_labels_in_turn, sample_with_image_seeds
+    from ddpm_from_scratch.training.components import grid_of
     from ddpm_from_scratch.training.trainer import main
 
     extra = ["--max_train_steps", "2", "--num_grid_images", "5", "--eval_batch_size", "2", "--seed", "7"]
@@ -670,7 +670,7 @@ def test_final_grid_holds_the_images_sample_with_image_seeds_gives_for_the_saved
     pipe.set_progress_bar_config(disable=True)
     num_classes = pipe.unet.config.num_class_embeds
     images = sample_with_image_seeds(pipe, 5, num_inference_steps=3, batch_size=2, seed=7,
-                                     class_labels_for=grid_class_labels(num_classes) if conditional else None)
+                                     class_labels_for=class_labels_in_turn(num_classes) if conditional else None)
     expected = grid_of(to_pil_images(images), num_classes)
     assert np.array_equal(np.asarray(Image.open(out / "samples" / "final.png")), np.asarray(expected))
 

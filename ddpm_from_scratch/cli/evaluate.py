@@ -9,6 +9,9 @@ stock diffusers pipeline (e.g. ``DDPMPipeline``). What is measured, and how the 
 Every mistake is one ``ddpm-evaluate: error: ...`` line and exit status 2, reported before the long
 work starts (``--json``'s folder is checked first).
 
+A class-conditional model is sampled with its null class (its unconditional p(x)), or with
+``--class-labels balanced`` with class i mod K for image i (and ``--guidance-scale W``).
+
 For a model of another dataset (RGB), ``--fid-weights W --reference-dir DIR`` measures FID and KID of
 ``--num-samples`` samples in the features of the FID Inception network (``W``: the published
 pt_inception-2015-12-05 weights, refused if their SHA-256 differs) against the images in ``DIR``, whose
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
+from ..sampling.seeded import CLASS_LABEL_CHOICES
 from ..saving.atomic_io import write_json_atomic
 from .args import (
     SCHEDULER_CHOICES,
@@ -60,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "betas, stepped with use_clipped_model_output=True (the bound uses the saved one)")
     parser.add_argument("--variance-type", choices=VARIANCE_CHOICES, default="saved",
                         help="reverse-process variance for the bound and the samples (default: the saved scheduler's)")
+    parser.add_argument("--class-labels", choices=CLASS_LABEL_CHOICES, default="null",
+                        help="the classes of a class-conditional model's samples: null (default: the null class, "
+                             "the model's unconditional p(x)) or balanced (image i gets class i mod K)")
+    parser.add_argument("--guidance-scale", type=float, default=None, metavar="W",
+                        help="classifier-free guidance weight for --class-labels balanced (default: none, w = 1)")
     parser.add_argument("--device", default="auto", help="torch device, e.g. cpu, cuda (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0,
                         help="sample i uses seed + i; the bound's draws use seed (default 0)")
@@ -84,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..digits.evaluation import evaluate_pipeline
+    from ..digits.evaluation import SampleLabels, evaluate_pipeline
     from ..saving.folder import load_any_pipeline
 
     try:
@@ -112,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             classifier_cache_dir=args.classifier_cache_dir,
             progress=not args.no_progress,
+            labels=SampleLabels(args.class_labels, args.guidance_scale),
         )
         print(report.format_table())
         if json_out is not None:
@@ -125,13 +135,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _sample_images(pipeline: Any, args: argparse.Namespace) -> Any:
     """``--num-samples`` samples as float (N, H, W, C) in [0, 1], drawn as ``evaluate_pipeline`` draws them:
     sample i seeded ``--seed`` + i, the pipeline's recorded default setting unless a step count is given."""
-    from ..digits.evaluation import sample_images
+    from ..digits.evaluation import SampleLabels, sample_images
 
+    labels = SampleLabels(args.class_labels, args.guidance_scale)
+    labels.check(pipeline)
     pipeline.scheduler = chosen_scheduler(args.scheduler, pipeline.scheduler)
     steps, eta = (pipeline.sampling_setting(args.num_inference_steps) if hasattr(pipeline, "sampling_setting")
                   else (args.num_inference_steps or pipeline.scheduler.config.num_train_timesteps, None))
     pipeline.set_progress_bar_config(disable=args.no_progress)
-    return sample_images(pipeline, args.num_samples, steps, args.batch_size, args.seed, not args.no_progress, eta)
+    return sample_images(pipeline, args.num_samples, steps, args.batch_size, args.seed, not args.no_progress, eta,
+                         labels)
 
 
 def _inception_main(args: argparse.Namespace, json_out: Any) -> int:
@@ -156,7 +169,8 @@ def _inception_main(args: argparse.Namespace, json_out: Any) -> int:
                                    batch_size=args.batch_size, device=device, seed=args.seed)
     print(report.format_table())
     if json_out is not None:
-        data = {"path": args.path, "seed": args.seed, "inception": report.to_dict()}
+        data = {"path": args.path, "seed": args.seed, "class_labels": args.class_labels,
+                "guidance_scale": args.guidance_scale, "inception": report.to_dict()}
         write_output(lambda path: write_json_atomic(data, path), json_out, "--json")
         print(f"wrote {args.json}")
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..conditioning import class_label_tensors
+from ..conditioning import class_conditioning, class_label_tensors
 from ..sampling.images import uint8_to_model_range, unit_range_to_uint8
 from ..bound.likelihood import VariationalBound, nll_bits_per_dim
-from ..sampling.seeded import sample_with_image_seeds
+from ..sampling.seeded import CLASS_LABEL_CHOICES, class_labels_in_turn, sample_with_image_seeds
 from .data import DIGITS_RESOLUTION, held_out_digits
 from .quality import SampleQualityReport, evaluate_samples, figure_rows, format_figure_table
 
@@ -52,28 +53,75 @@ def unconditional_model_kwargs(unet: Any, batch: int, device: torch.device) -> d
     return {} if labels is None else {"class_labels": labels}
 
 
+@dataclass(frozen=True)
+class SampleLabels:
+    """Which model a class-conditional pipeline's samples come from.
+
+    ``"null"``: every image gets the null class, so the samples are the model's unconditional p(x) (an
+    unconditional pipeline gets no labels at all). ``"balanced"``: image i gets class i mod K, so the samples
+    are the mixture of the K conditional models with equal weights (the held-out split is stratified, so
+    its classes are balanced to within one digit), guided with ``guidance_scale`` if it is not None.
+    """
+
+    class_labels: str = "null"
+    guidance_scale: float | None = None
+
+    def check(self, pipeline: Any) -> None:
+        """Refuse a choice this pipeline cannot sample, before any long work."""
+        if self.class_labels not in CLASS_LABEL_CHOICES:
+            raise ValueError(f"class_labels must be one of {list(CLASS_LABEL_CHOICES)}, got {self.class_labels!r}")
+        if self.guidance_scale is not None and not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
+        if self.guidance_scale is not None and self.class_labels != "balanced":
+            raise ValueError("guidance_scale needs class_labels='balanced' (guidance steers towards a class)")
+        if self.class_labels == "balanced":
+            if class_conditioning(pipeline.unet) is None:
+                raise ValueError("class_labels='balanced' needs a class-conditional UNet; this one is unconditional "
+                                 "(its num_class_embeds is None)")
+            if "class_labels" not in inspect.signature(pipeline.__call__).parameters:
+                raise ValueError(f"class_labels='balanced' needs a pipeline that takes class_labels; "
+                                 f"{type(pipeline).__name__} does not")
+
+    def sampling_kwargs(self, pipeline: Any) -> dict[str, Any]:
+        """``sample_with_image_seeds``'s keyword arguments for these labels."""
+        if self.class_labels == "null":
+            return {}
+        num_classes, _ = class_conditioning(pipeline.unet)
+        kwargs: dict[str, Any] = {"class_labels_for": class_labels_in_turn(num_classes)}
+        if self.guidance_scale is not None:
+            kwargs["guidance_scale"] = self.guidance_scale
+        return kwargs
+
+    def describe(self) -> str:
+        """The labels as the table's sampling row names them."""
+        if self.class_labels == "null":
+            return ""
+        guidance = "" if self.guidance_scale is None else f", guidance {self.guidance_scale:g}"
+        return f", balanced class labels{guidance}"
+
+
 def sample_images(
     pipeline: Any, num_samples: int, num_inference_steps: int, batch_size: int, seed: int, progress: bool = False,
-    eta: float | None = None,
+    eta: float | None = None, labels: SampleLabels = SampleLabels(),
 ) -> np.ndarray:
     """``num_samples`` generated images as float (N, H, W, C) in [0, 1]; sample i uses a CPU generator seeded
     ``seed + i`` (`sample_with_image_seeds`, one progress bar over all samples if ``progress``); ``eta`` (if not
-    None) goes to every pipeline call."""
+    None) goes to every pipeline call; ``labels`` says which classes a class-conditional model samples."""
     call: dict[str, Any] = {} if eta is None else {"eta": eta}
     if "use_clipped_model_output" in inspect.signature(pipeline.__call__).parameters:
         call["use_clipped_model_output"] = True  # diffusers' DDIMPipeline: the step our pipeline takes
     return sample_with_image_seeds(
         pipeline, num_samples, num_inference_steps=num_inference_steps, batch_size=batch_size, seed=seed,
-        progress=progress, **call,
+        progress=progress, **labels.sampling_kwargs(pipeline), **call,
     )
 
 
 def sample_digits(
     pipeline: Any, num_samples: int, num_inference_steps: int, batch_size: int, seed: int, progress: bool = False,
-    eta: float | None = None,
+    eta: float | None = None, labels: SampleLabels = SampleLabels(),
 ) -> np.ndarray:
     """``sample_images`` of a one-channel digits model as uint8 (N, H, W)."""
-    images = sample_images(pipeline, num_samples, num_inference_steps, batch_size, seed, progress, eta)
+    images = sample_images(pipeline, num_samples, num_inference_steps, batch_size, seed, progress, eta, labels)
     return unit_range_to_uint8(images[..., 0])
 
 
@@ -115,6 +163,7 @@ class EvaluationReport:
     seconds: dict[str, float] = field(default_factory=dict)
     eta: float | None = None  # the samples' eta (None: the scheduler's own step, DDPM for ours)
     sampling_scheduler: str | None = None  # the class the samples were drawn with
+    labels: SampleLabels | None = None  # the classes a class-conditional model's samples were drawn with
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +174,8 @@ class EvaluationReport:
             "num_inference_steps": self.num_inference_steps,
             "eta": self.eta,
             "sampling_scheduler": self.sampling_scheduler,
+            "class_labels": None if self.labels is None else self.labels.class_labels,
+            "guidance_scale": None if self.labels is None else self.labels.guidance_scale,
             "seed": self.seed,
             "device": self.device,
             "nll": None if self.bound is None else self.bound.to_dict(),
@@ -149,7 +200,7 @@ class EvaluationReport:
             rows += [
                 ("images (generated | held-out)", f"{s.num_images}", f"{r.num_images}"),
                 ("sampling steps", f"{self.num_inference_steps}" + ("" if self.eta is None else f", eta {self.eta:g}")
-                 + f" ({self.sampling_scheduler})", ""),
+                 + ("" if self.labels is None else self.labels.describe()) + f" ({self.sampling_scheduler})", ""),
                 *figure_rows(self.quality),
             ]
         title = (
@@ -176,14 +227,17 @@ def evaluate_pipeline(
     classifier_cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     sampling_scheduler: Any = None,
+    labels: SampleLabels = SampleLabels(),
 ) -> EvaluationReport:
     """Bound on the first ``nll_images`` held-out digits (None: all 360; 0: skip) and the sample quality of
     ``num_samples`` samples (0: skip) drawn with ``num_inference_steps`` (None: the pipeline's recorded default
     setting, else the scheduler's T). ``sampling_scheduler`` (e.g. a DDIMScheduler) replaces the pipeline's
-    scheduler for the samples only; the bound is the saved scheduler's."""
+    scheduler for the samples only; the bound is the saved scheduler's. ``labels``: the classes of a
+    class-conditional model's samples; its bound is always that of the unconditional model (the null class)."""
     unet, scheduler = pipeline.unet, pipeline.scheduler
     sampling_scheduler = scheduler if sampling_scheduler is None else sampling_scheduler
     _check_digits_model(unet)
+    labels.check(pipeline)
     held_out = held_out_digits()
     nll_images = len(held_out) if nll_images is None else nll_images
     if not 0 <= nll_images <= len(held_out):
@@ -209,6 +263,7 @@ def evaluate_pipeline(
         variance_type=scheduler.config.get("variance_type", "fixed_small"),
         num_inference_steps=steps if num_samples else None, seed=seed, device=str(device), bound=None, quality=None,
         eta=eta if num_samples else None, sampling_scheduler=type(sampling_scheduler).__name__ if num_samples else None,
+        labels=labels if num_samples else None,
     )
     if nll_images:
         x_start = uint8_to_model_range(held_out[:nll_images]).unsqueeze(1).to(device=device, dtype=unet.dtype)
@@ -224,7 +279,8 @@ def evaluate_pipeline(
     if num_samples:
         started = time.perf_counter()
         with _scheduler_swapped(pipeline, sampling_scheduler):
-            samples = sample_digits(pipeline, num_samples, steps, batch_size, seed, progress=progress, eta=eta)
+            samples = sample_digits(pipeline, num_samples, steps, batch_size, seed, progress=progress, eta=eta,
+                                    labels=labels)
         report.seconds["sampling"] = time.perf_counter() - started
         report.quality = evaluate_samples(samples, cache_dir=classifier_cache_dir)
     return report

@@ -24,6 +24,17 @@ import torch
 ClassLabelsFor = Callable[[int, int], "list[int] | None"]
 
 
+# the classes a tool samples a class-conditional model with: the null class (its unconditional p(x)), or
+# every class in turn (`class_labels_in_turn`)
+CLASS_LABEL_CHOICES = ("null", "balanced")
+
+
+def class_labels_in_turn(num_classes: int) -> ClassLabelsFor:
+    """Image i gets class i mod ``num_classes``: one class per column of a grid with ``num_classes``
+    columns, and within one of balanced classes in any run of images."""
+    return lambda count, offset: [(offset + i) % num_classes for i in range(count)]
+
+
 def image_generators(seed: int, start: int, count: int) -> list[torch.Generator]:
     """The CPU generators of images start .. start + count - 1: image i's is seeded ``seed + i``."""
     return [torch.Generator("cpu").manual_seed(seed + start + i) for i in range(count)]

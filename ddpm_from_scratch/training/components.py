@@ -17,7 +17,7 @@ from ddpm_from_scratch.sampling.images import make_image_grid, to_pil_images
 from ddpm_from_scratch.saving.model_card import ModelCardInfo
 from ddpm_from_scratch.pipeline import ScratchDDPMPipeline
 from ddpm_from_scratch.scheduler import ScratchDDPMScheduler
-from ddpm_from_scratch.sampling.seeded import sample_with_image_seeds
+from ddpm_from_scratch.sampling.seeded import class_labels_in_turn, sample_with_image_seeds
 
 from .options import BUILTIN_DIGITS, TrainingOptions
 
@@ -35,11 +35,6 @@ def build_pipeline(unet: torch.nn.Module, noise_scheduler, default_inference_ste
     the default sampling setting (--default_inference_steps, --default_eta)."""
     return ScratchDDPMPipeline(unet=unet, scheduler=ScratchDDPMScheduler.from_config(noise_scheduler.config),
                                default_num_inference_steps=default_inference_steps, default_eta=default_eta)
-
-
-def grid_class_labels(num_classes: int) -> Any:
-    """Labels of a class-conditional grid: image i gets class i % num_classes (one class per column)."""
-    return lambda count, offset: [(offset + i) % num_classes for i in range(count)]
 
 
 @torch.no_grad()
@@ -77,7 +72,7 @@ def sample_images(
     try:
         images = sample_with_image_seeds(
             pipeline, num_images, num_inference_steps=num_inference_steps, batch_size=batch_size, seed=seed,
-            class_labels_for=grid_class_labels(num_classes) if num_classes is not None else None,
+            class_labels_for=class_labels_in_turn(num_classes) if num_classes is not None else None,
             callback_on_step_end=advance,
         )
     finally:
